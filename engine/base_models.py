@@ -1,0 +1,123 @@
+"""Resolving ``--base`` to something diffusers can load, and loading it.
+
+Four kinds: the built-in ``tiny`` model, a local diffusers folder, a single-file ``.safetensors``
+checkpoint, and a Hugging Face repo id (downloaded once into the standard HF cache). Each failure
+a user can fix is reported as one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from engine.errors import LikenessError
+from engine.settings import Settings
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class BaseModelSource:
+    """A resolved ``--base``: what the user asked for and where diffusers should load it from."""
+
+    spec: str
+    kind: Literal["tiny", "folder", "single_file", "hub"]
+    location: str  # a local path, or the repo id for the hub
+
+    def to_json(self) -> dict[str, str]:
+        return {"spec": self.spec, "kind": self.kind, "location": self.location}
+
+
+def resolve_base(spec: str, settings: Settings) -> BaseModelSource:
+    """Decide what ``spec`` names, building the tiny model when asked for it. No download here."""
+    if spec == "tiny":
+        from engine.tiny_model import ensure_tiny_model
+
+        return BaseModelSource(spec, "tiny", str(ensure_tiny_model(settings.models_dir)))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise LikenessError(f"base model folder {path} has no model_index.json (not a diffusers model folder)")
+        return BaseModelSource(spec, "folder", str(path.resolve()))
+    if path.is_file():
+        if path.suffix.lower() not in (".safetensors", ".ckpt"):
+            raise LikenessError(f"base model file {path} must be a .safetensors (or .ckpt) SDXL checkpoint")
+        return BaseModelSource(spec, "single_file", str(path.resolve()))
+    if spec.endswith((".safetensors", ".ckpt")) or spec.startswith(("/", "./", "../", "~")):
+        raise LikenessError(f"base model {spec} does not exist")
+    if _REPO_ID.match(spec):
+        return BaseModelSource(spec, "hub", spec)
+    raise LikenessError(
+        f"unknown base model {spec!r}: give a Hugging Face repo id (owner/name), a diffusers folder, "
+        "a .safetensors file, or 'tiny'"
+    )
+
+
+def _offline_error(repo_id: str) -> LikenessError:
+    return LikenessError(
+        f"base model {repo_id} is not in the Hugging Face cache and the hub cannot be reached: "
+        f"on a connected machine run `hf download {repo_id}` (it lands in $HF_HOME/hub, "
+        "default ~/.cache/huggingface/hub), or pass --base with a local folder or .safetensors file"
+    )
+
+
+def load_sdxl_pipeline(source: BaseModelSource, torch_dtype=None):
+    """Load an SDXL pipeline (on the CPU) from a resolved base."""
+    from engine.quiet import quiet_libraries
+
+    quiet_libraries()
+    from diffusers import StableDiffusionXLPipeline
+
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    try:
+        if source.kind == "single_file":
+            return StableDiffusionXLPipeline.from_single_file(source.location, **kwargs)
+        if source.kind == "hub":
+            return _load_from_hub(source.location, kwargs)
+        return StableDiffusionXLPipeline.from_pretrained(source.location, **kwargs)
+    except LikenessError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        if source.kind == "single_file" and _looks_offline(error):
+            raise LikenessError(
+                f"loading {source.location} needs SDXL's config files from the hub, which cannot be reached; "
+                "convert it once on a connected machine, or pass --base with a diffusers folder"
+            ) from None
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LikenessError(f"base model {source.spec} could not be loaded as SDXL: {first_line}") from None
+
+
+def _load_from_hub(repo_id: str, kwargs: dict):
+    from diffusers import StableDiffusionXLPipeline
+
+    # The cache first, without touching the network: a cached model works offline and starts fast.
+    try:
+        return StableDiffusionXLPipeline.from_pretrained(repo_id, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    if HF_HUB_OFFLINE:
+        raise _offline_error(repo_id)
+    try:
+        return StableDiffusionXLPipeline.from_pretrained(repo_id, **kwargs)
+    except (OSError, ValueError) as error:
+        if _looks_offline(error):
+            raise _offline_error(repo_id) from None
+        raise
+
+
+def _looks_offline(error: BaseException) -> bool:
+    """True when the root cause is a network failure rather than a bad model."""
+    seen = error
+    while seen is not None:
+        name = type(seen).__name__
+        text = str(seen).lower()
+        if name in ("ConnectError", "ConnectionError", "ConnectTimeout", "LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+            return True
+        if any(s in text for s in ("connection", "offline", "resolve host", "network is unreachable", "cannot find the requested files")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

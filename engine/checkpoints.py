@@ -1,0 +1,58 @@
+"""Resumable training state: LoRA weights, optimizer, LR schedule, RNG states and the step.
+
+A checkpoint is written into a temporary folder and renamed into place, and only a folder with
+``state.json`` counts, so a crash mid-save never leaves a checkpoint that looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+from engine.lora_files import LORA_FILENAME, load_lora_into_training_models, save_lora
+from engine.run_dir import RunDir
+
+
+def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_scheduler, config_json: dict, *,
+                    rank: int, alpha: float, keep: int) -> Path:
+    import numpy as np
+    import torch
+
+    target = run.checkpoint_path(step)
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_lora(staging, models["unet"], models.get("text_encoder"), models.get("text_encoder_2"), rank=rank, alpha=alpha)
+    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+    torch.save(lr_scheduler.state_dict(), staging / "scheduler.pt")
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, staging / "rng.pt")
+    (staging / "state.json").write_text(json.dumps({"step": step, "config": config_json}, indent=2, default=str))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    for old in run.checkpoint_steps()[:-keep]:
+        shutil.rmtree(run.checkpoint_path(old), ignore_errors=True)
+    return target
+
+
+def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler) -> int:
+    """Restore training state from ``path``; return the step it was saved at."""
+    import numpy as np
+    import torch
+
+    load_lora_into_training_models(path / LORA_FILENAME, models["unet"], models.get("text_encoder"),
+                                   models.get("text_encoder_2"))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return int(json.loads((path / "state.json").read_text())["step"])

@@ -1,0 +1,48 @@
+"""Prior preservation's class images: what the base model draws for 'a photo of {class_word}'.
+
+They depend only on the base model, the prompt, the size and the sampler, so they are drawn once
+and cached under the likeness home for every later run that asks for the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from engine.events import Log
+from engine.sample_grid import SAMPLE_GUIDANCE
+from engine.settings import Settings
+from engine.train_config import TrainConfig
+
+
+def ensure_class_images(trainer, config: TrainConfig, settings: Settings) -> Path:
+    """Return a folder of ``config.num_class_images`` class images, drawing any that are missing."""
+    import torch
+
+    key = json.dumps([trainer.base.location, config.class_prompt, config.resolution, config.sample_steps,
+                      SAMPLE_GUIDANCE])
+    folder = settings.class_images_dir / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if folder.is_dir() and len(list(folder.glob("*.png"))) >= config.num_class_images:
+        return folder
+    trainer.on_event(Log(f"drawing {config.num_class_images} class images of '{config.class_prompt}' (once)"))
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    pipe = trainer.pipe
+    pipe.set_progress_bar_config(disable=True)
+    trainer.unet.disable_adapters()
+    try:
+        for index in range(config.num_class_images):
+            with torch.no_grad():
+                image = pipe(config.class_prompt, height=config.resolution, width=config.resolution,
+                             num_inference_steps=config.sample_steps, guidance_scale=SAMPLE_GUIDANCE,
+                             generator=torch.Generator("cpu").manual_seed(index)).images[0]
+            image.save(staging / f"{index:04d}.png")
+    finally:
+        trainer.unet.enable_adapters()
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    return folder

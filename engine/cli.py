@@ -1,0 +1,50 @@
+"""The ``likeness`` command line: one sub-command per module under ``engine/commands``.
+
+Only argparse loads here; each command imports its heavy machinery when it runs, so
+``likeness --help`` and argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from engine import __version__
+from engine.errors import LikenessError
+
+# Sub-command modules, in the order `likeness --help` lists them. Each has
+# `register(subparsers)`, which adds its parser and sets `run` as the default `func`.
+COMMANDS = ("demo", "train", "generate", "export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="likeness",
+        description="Teach SDXL what one person looks like, then make new pictures of them.",
+    )
+    parser.add_argument("--version", action="version", version=f"likeness {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"engine.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args) or 0
+    except LikenessError as error:
+        print(f"likeness: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("likeness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

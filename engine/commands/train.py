@@ -1,0 +1,70 @@
+"""``likeness train``: DreamBooth + LoRA on SDXL from a folder of photos."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from engine.commands.common import add_config_flag, build_config, flag, switch
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a LoRA of one person on SDXL",
+                              description="DreamBooth + LoRA training of SDXL on photos of one person.")
+    flag(p, "--data", type=Path, metavar="DIR", help="folder of photos (resized and centre-cropped as they are)")
+    flag(p, "--out", type=Path, metavar="RUN_DIR", help="run directory for the LoRA, samples, checkpoints, metrics")
+    flag(p, "--base", metavar="MODEL",
+         help="HF repo id (default stabilityai/stable-diffusion-xl-base-1.0), diffusers folder, .safetensors, or tiny")
+    flag(p, "--steps", type=int, help="optimizer steps (default 500)")
+    flag(p, "--rank", type=int, help="LoRA rank (default 16)")
+    flag(p, "--alpha", type=float, help="LoRA alpha (default: the rank)")
+    flag(p, "--lr", type=float, help="learning rate (default 1e-4)")
+    flag(p, "--lr-scheduler", dest="lr_scheduler", choices=["constant", "constant_with_warmup", "cosine", "linear"],
+         help="learning-rate schedule (default constant)")
+    flag(p, "--lr-warmup-steps", dest="lr_warmup_steps", type=int, help="warm-up steps (default 0)")
+    flag(p, "--resolution", type=int, help="training size in pixels, a multiple of 8 (default 1024)")
+    flag(p, "--batch-size", dest="batch_size", type=int, help="images per step (default 1)")
+    flag(p, "--seed", type=int, help="seed for data order, noise and timesteps (default 0)")
+    flag(p, "--token", help="rare token that comes to mean this person (default sks)")
+    flag(p, "--class-word", dest="class_word", help="man, woman, person... (default person)")
+    flag(p, "--sample-every", dest="sample_every", type=int, help="sample grid every N steps, 0 = never (default 100)")
+    flag(p, "--sample-steps", dest="sample_steps", type=int, help="denoising steps per sample image (default 25)")
+    flag(p, "--checkpoint-every", dest="checkpoint_every", type=int,
+         help="resumable checkpoint every N steps, 0 = never (default 250)")
+    flag(p, "--checkpoints-keep", dest="checkpoints_keep", type=int, help="newest checkpoints kept (default 2)")
+    switch(p, "--resume", help="continue from the newest checkpoint in --out")
+    switch(p, "--force", help="overwrite a finished run in --out")
+    switch(p, "--train-text-encoder", help="also train LoRA on both text encoders")
+    switch(p, "--prior-preservation", help="regularise with class images drawn by the base model")
+    flag(p, "--num-class-images", dest="num_class_images", type=int, help="class images (default 100)")
+    flag(p, "--mixed-precision", dest="mixed_precision", choices=["auto", "no", "fp16", "bf16"],
+         help="auto = bf16/fp16 on CUDA, fp32 on CPU")
+    flag(p, "--optimizer", choices=["adamw8bit", "adamw"], help="default adamw8bit (bitsandbytes)")
+    switch(p, "--gradient-checkpointing", help="recompute activations to save memory (default on)")
+    flag(p, "--attention", choices=["auto", "xformers", "sdpa"], help="auto = xformers when installed on CUDA")
+    switch(p, "--cache-latents", help="VAE-encode each image once before the loop (default on)")
+    flag(p, "--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_config_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.errors import LikenessError
+    from engine.progress import TerminalProgress
+    from engine.settings import Settings
+    from engine.train_config import TrainConfig
+    from engine.train_sdxl import train
+
+    for required in ("data", "out"):
+        if required not in vars(args) and args.config is None:
+            raise LikenessError(f"--{required} is required")
+    config = build_config(TrainConfig, args)
+    progress = TerminalProgress()
+    try:
+        result = train(config, Settings(), on_event=progress)
+    finally:
+        progress.close()
+    print(f"trained {result.steps} steps in {result.wall_time_s:.0f} s, final loss {result.final_loss:.4f}")
+    print(f"LoRA: {result.lora_path}")
+    print(f"samples: {result.run_dir / 'samples'}")
+    return 0

@@ -1,0 +1,65 @@
+"""Which device and precision a run uses, and honest memory figures for it."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import dataclass
+
+from engine.errors import LikenessError
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the tensors live and in which precision the frozen weights are kept."""
+
+    device: str
+    weight_dtype: str  # "float32", "float16" or "bfloat16"
+    gpu_name: str | None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def choose_placement(device: str, mixed_precision: str) -> Placement:
+    """Resolve 'auto' choices against the hardware that is really here."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LikenessError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise LikenessError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    gpu_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
+    if not device.startswith("cuda"):
+        # Half precision on the CPU is slower than fp32 and numerically worse: keep fp32.
+        if mixed_precision in ("fp16", "bf16"):
+            raise LikenessError(f"--mixed-precision {mixed_precision} needs a CUDA GPU; use 'no' or 'auto' on the CPU")
+        return Placement(device, "float32", None)
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[mixed_precision]
+    return Placement(device, dtype, gpu_name)
+
+
+def reset_peak_memory(placement: Placement) -> None:
+    if placement.is_cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(placement.device)
+
+
+def peak_memory_mb(placement: Placement) -> float:
+    """CUDA: peak bytes allocated by torch. CPU: the process's peak resident set size."""
+    if placement.is_cuda:
+        import torch
+
+        return torch.cuda.max_memory_allocated(placement.device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def memory_kind(placement: Placement) -> str:
+    return "cuda_max_allocated" if placement.is_cuda else "process_peak_rss"

@@ -1,0 +1,61 @@
+"""Labelled image grids: column headers across the top, row headers down the left."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+_BACKGROUND = (255, 255, 255)
+_INK = (20, 20, 20)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def labelled_grid(
+    rows: list[list[Image.Image]],
+    row_labels: list[str],
+    column_labels: list[str],
+    title: str | None = None,
+) -> Image.Image:
+    """Lay ``rows`` (equal-sized images) out as a grid with every row and column named."""
+    if not rows or not rows[0]:
+        raise ValueError("a grid needs at least one image")
+    cell_w, cell_h = rows[0][0].size
+    font_size = max(10, min(28, cell_w // 10))
+    font = _font(font_size)
+    line_h = font_size + 4
+    chars_per_line = max(8, int(cell_w / (font_size * 0.55)))
+    wrapped_cols = [textwrap.wrap(label, chars_per_line) or [""] for label in column_labels]
+    row_chars = max(10, min(32, max((len(label) for label in row_labels), default=10)))
+    wrapped_rows = [textwrap.wrap(label, row_chars) or [""] for label in row_labels]
+    left = int(row_chars * font_size * 0.55) + 16 if any(row_labels) else 0
+    top_title = line_h + 8 if title else 0
+    top = top_title + (max(len(w) for w in wrapped_cols) * line_h + 8 if any(column_labels) else 0)
+    width = left + cell_w * max(len(r) for r in rows)
+    height = top + cell_h * len(rows)
+    canvas = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((8, 4), title, fill=_INK, font=font)
+    for c, lines in enumerate(wrapped_cols):
+        for i, line in enumerate(lines):
+            draw.text((left + c * cell_w + 4, top_title + 4 + i * line_h), line, fill=_INK, font=font)
+    for r, row in enumerate(rows):
+        for i, line in enumerate(wrapped_rows[r] if r < len(wrapped_rows) else []):
+            draw.text((6, top + r * cell_h + 4 + i * line_h), line, fill=_INK, font=font)
+        for c, image in enumerate(row):
+            canvas.paste(image.convert("RGB").resize((cell_w, cell_h)), (left + c * cell_w, top + r * cell_h))
+    return canvas
+
+
+def save_png_atomically(image: Image.Image, path: Path, pnginfo=None) -> None:
+    """Write to a temporary name and rename, so a watcher never reads half a PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    image.save(partial, format="PNG", pnginfo=pnginfo)
+    os.replace(partial, path)

@@ -1,0 +1,47 @@
+"""The terminal face of a job's events: a progress bar with step, loss, s/step and ETA."""
+
+from __future__ import annotations
+
+import sys
+
+from engine.events import Event, Log, Progress, SampleReady, Started
+
+
+class TerminalProgress:
+    """An event sink that draws a tqdm bar on stderr and prints log lines and new sample grids."""
+
+    def __init__(self, unit: str = "step", stream=None):
+        self.unit = unit
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def __call__(self, event: Event) -> None:
+        from tqdm import tqdm
+
+        if isinstance(event, Started):
+            self.close()
+            self.bar = tqdm(total=event.total, initial=event.first_step, unit=self.unit, file=self.stream,
+                            dynamic_ncols=True)
+        elif isinstance(event, Progress):
+            if self.bar is None:
+                self.bar = tqdm(total=event.total, initial=event.step - 1, unit=self.unit, file=self.stream)
+            loss = f"loss {event.loss:.4f}  " if event.loss is not None else ""
+            self.bar.set_postfix_str(f"{loss}{event.seconds_per_step:.2f} s/{self.unit}", refresh=False)
+            self.bar.update(event.step - self.bar.n)
+        elif isinstance(event, SampleReady):
+            self._print(f"sample grid for step {event.step}: {event.path}")
+        elif isinstance(event, Log):
+            self._print(event.message)
+
+    def _print(self, message: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is not None:
+            tqdm.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,73 @@
+"""Prompt templates and sweeps: ``--sweep age=5,10,18`` over placeholders and sampling parameters."""
+
+from __future__ import annotations
+
+import itertools
+import string
+from typing import Any
+
+from engine.errors import LikenessError
+
+# Axes that are sampling parameters rather than prompt placeholders, with the type of their values.
+PARAMETER_AXES: dict[str, type] = {
+    "lora_scale": float,
+    "temperature": float,
+    "guidance": float,
+    "seed": int,
+    "steps": int,
+    "step": int,  # a checkpoint step of the run
+}
+
+
+def placeholders(template: str) -> list[str]:
+    """The ``{names}`` in a prompt template, in order of first appearance."""
+    try:
+        names = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        raise LikenessError(f"prompt template {template!r} is malformed: {error}") from None
+    for name in names:
+        if not name.isidentifier():
+            raise LikenessError(f"prompt template {template!r}: placeholder {{{name}}} must be a plain name")
+    return list(dict.fromkeys(names))
+
+
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """``'age=5,10,18'`` -> ``('age', ['5', '10', '18'])``; parameter axes get typed values."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    items = [v.strip() for v in values.split(",")] if sep else []
+    if not name or not items or any(v == "" for v in items):
+        raise LikenessError(f"--sweep {text!r}: expected NAME=VALUE[,VALUE...], e.g. age=5,10,18")
+    kind = PARAMETER_AXES.get(name)
+    if kind is None:
+        return name, items
+    try:
+        typed = [kind(v) for v in items]
+    except ValueError:
+        raise LikenessError(f"--sweep {name}: values must be {kind.__name__} numbers, got {values}") from None
+    if name == "temperature" and any(not 0 <= v <= 1 for v in typed):
+        raise LikenessError("--sweep temperature: values must lie in 0..1")
+    if name == "lora_scale" and any(v < 0 for v in typed):
+        raise LikenessError("--sweep lora_scale: values must be >= 0")
+    if name in ("steps", "seed") and any(v < (1 if name == "steps" else 0) for v in typed):
+        raise LikenessError(f"--sweep {name}: values out of range")
+    return name, typed
+
+
+def expand(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, the first axis varying slowest."""
+    names = list(axes)
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(axes[n] for n in names))]
+
+
+def check_template(template: str, axes: dict[str, list[Any]], fixed: dict[str, str]) -> None:
+    """Every placeholder needs a value; every non-parameter axis must be a placeholder."""
+    names = placeholders(template)
+    for name in names:
+        if name not in axes and name not in fixed:
+            raise LikenessError(f"prompt placeholder {{{name}}} has no value: add --sweep {name}=...")
+    for name in axes:
+        if name not in PARAMETER_AXES and name not in names:
+            raise LikenessError(
+                f"--sweep {name}: not a placeholder in the prompt and not one of {', '.join(PARAMETER_AXES)}"
+            )

@@ -1,0 +1,111 @@
+"""The typed configuration of a training run: built once from CLI flags or a config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+
+# Fixed prompts for the sample grids: the same prompts and seeds at every step, so the grids
+# show one model going from generic to specific rather than a new lottery each time.
+DEFAULT_VALIDATION_PROMPTS = (
+    "a photo of {token} {class_word}",
+    "a portrait of {token} {class_word} smiling, studio lighting",
+    "{token} {class_word} as an astronaut, digital art",
+)
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides what a training run does. Stored whole in run.json and checkpoints."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path = Field(description="Folder of training photos (used as they are: resized and centre-cropped).")
+    out: Path = Field(description="Run directory: LoRA, checkpoints, sample grids, metrics, run.json.")
+    base: str = Field(
+        default=DEFAULT_BASE,
+        description="Base model: a Hugging Face repo id, a local diffusers folder, a .safetensors file, or 'tiny'.",
+    )
+    steps: int = Field(default=500, gt=0, description="Optimizer steps to train for.")
+    rank: int = Field(default=16, gt=0, description="LoRA rank (dimension of the low-rank update).")
+    alpha: float | None = Field(
+        default=None, gt=0, description="LoRA alpha; the update is scaled by alpha/rank. Default: equal to rank."
+    )
+    lr: float = Field(default=1e-4, gt=0, description="Learning rate of the LoRA weights.")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = Field(
+        default="constant", description="Learning-rate schedule."
+    )
+    lr_warmup_steps: int = Field(default=0, ge=0, description="Warm-up steps for the schedules that use them.")
+    resolution: int = Field(default=1024, ge=64, description="Training image size in pixels (square).")
+    batch_size: int = Field(default=1, gt=0, description="Images per optimizer step.")
+    seed: int = Field(default=0, ge=0, description="Seed for data order, noise and timesteps: same seed, same run.")
+    token: str = Field(default="sks", min_length=1, description="Rare token that comes to mean this person.")
+    class_word: str = Field(
+        default="person",
+        min_length=1,
+        description="What the person is ('man', 'woman', 'person'); the prior the token attaches to.",
+    )
+    train_text_encoder: bool = Field(default=False, description="Also train LoRA on both text encoders.")
+    prior_preservation: bool = Field(
+        default=False, description="Regularise with class images the base model draws of '{class_word}'."
+    )
+    num_class_images: int = Field(default=100, gt=0, description="Class images for prior preservation.")
+    prior_loss_weight: float = Field(default=1.0, ge=0, description="Weight of the prior-preservation loss.")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        default="auto", description="Compute precision: auto = bf16 on CUDA cards that have it, else fp16; fp32 on CPU."
+    )
+    optimizer: Literal["adamw8bit", "adamw"] = Field(
+        default="adamw8bit", description="bitsandbytes 8-bit AdamW (a quarter of the optimizer memory) or torch AdamW."
+    )
+    gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward to save memory.")
+    attention: Literal["auto", "xformers", "sdpa"] = Field(
+        default="auto", description="Attention kernel: auto = xformers when installed on CUDA, else PyTorch SDPA."
+    )
+    cache_latents: bool = Field(default=True, description="Encode every image with the VAE once, before the loop.")
+    sample_every: int = Field(default=100, ge=0, description="Make a sample grid every N steps (0 = never).")
+    sample_steps: int = Field(default=25, gt=0, description="Denoising steps for each sample image.")
+    sample_seeds: tuple[int, ...] = Field(default=(0, 1), min_length=1, description="Seeds: the grid's columns.")
+    validation_prompts: tuple[str, ...] = Field(
+        default=DEFAULT_VALIDATION_PROMPTS,
+        min_length=1,
+        description="Prompts: the grid's rows; {token} and {class_word} are filled in.",
+    )
+    checkpoint_every: int = Field(default=250, ge=0, description="Save a resumable checkpoint every N steps (0 = never).")
+    checkpoints_keep: int = Field(default=2, gt=0, description="How many of the newest checkpoints to keep.")
+    resume: bool = Field(default=False, description="Continue from the newest checkpoint in the run directory.")
+    force: bool = Field(default=False, description="Overwrite a run directory that already holds a finished run.")
+    device: str = Field(default="auto", description="torch device: auto = cuda when available, else cpu.")
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8 (the VAE works on 8x8 blocks), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _token_in_prompts(self) -> TrainConfig:
+        for prompt in self.validation_prompts:
+            try:
+                prompt.format(token=self.token, class_word=self.class_word)
+            except (KeyError, IndexError, ValueError) as error:
+                raise ValueError(f"validation prompt {prompt!r} has an unknown placeholder: {error}") from None
+        return self
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else float(self.rank)
+
+    @property
+    def instance_prompt(self) -> str:
+        return f"a photo of {self.token} {self.class_word}"
+
+    @property
+    def class_prompt(self) -> str:
+        return f"a photo of {self.class_word}"
+
+    def sample_prompts(self) -> list[str]:
+        return [p.format(token=self.token, class_word=self.class_word) for p in self.validation_prompts]

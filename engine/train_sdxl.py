@@ -1,0 +1,422 @@
+"""DreamBooth + LoRA for SDXL, read top to bottom.
+
+    check inputs -> load and freeze -> add LoRA -> cache embeddings and latents
+    -> (resume) -> loop: noise, predict, step, log, sample, checkpoint -> save
+
+Every step draws its images, noise and timesteps from a generator seeded by (seed, step), so a
+run stopped at a checkpoint and resumed follows exactly the loss curve of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.base_models import BaseModelSource, load_sdxl_pipeline, resolve_base
+from engine.checkpoints import load_checkpoint, save_checkpoint
+from engine.device import Placement, choose_placement, memory_kind, peak_memory_mb, reset_peak_memory
+from engine.errors import LikenessError, TrainingCancelled
+from engine.events import EventSink, Log, Progress, SampleReady, Started, ignore_events
+from engine.grid import save_png_atomically
+from engine.images import TrainingImage, image_folder, list_image_files, load_training_images
+from engine.lora_files import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES, save_lora
+from engine.run_dir import RunDir
+from engine.sample_grid import PromptEmbeds, render_images, sample_grid
+from engine.settings import Settings
+from engine.train_config import TrainConfig
+from engine.versions import library_versions
+
+StepHook = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    lora_path: Path
+    steps: int
+    final_loss: float | None
+    wall_time_s: float
+    peak_memory_mb: float
+
+
+def _step_generator(seed: int, salt: int):
+    import torch
+
+    # A large odd multiplier keeps (seed, salt) pairs from colliding for any realistic run length.
+    return torch.Generator("cpu").manual_seed(seed * 1_000_003 + salt)
+
+
+class SDXLLoRATrainer:
+    """One training run. ``load()`` brings the models in; ``run()`` does everything else."""
+
+    def __init__(self, config: TrainConfig, settings: Settings, on_event: EventSink = ignore_events,
+                 step_hook: StepHook | None = None):
+        self.config = config
+        self.settings = settings
+        self.on_event = on_event
+        self.step_hook = step_hook
+        self.run_dir = RunDir(config.out)
+        self.placement: Placement | None = None
+        self.base: BaseModelSource | None = None
+        self.pipe = None
+
+    # 1. Inputs are checked before anything heavy loads: a typo costs a second, not a minute.
+    def check_inputs(self) -> None:
+        list_image_files(image_folder(self.config.data))
+        if self.config.resume:
+            if not self.run_dir.checkpoint_steps():
+                raise LikenessError(f"--resume: {self.config.out} has no checkpoint to resume from")
+        else:
+            self.run_dir.prepare_for_new_run(self.config.force)
+        self.placement = choose_placement(self.config.device, self.config.mixed_precision)
+        self.base = resolve_base(self.config.base, self.settings)
+
+    # 2. Load SDXL, freeze it, and add the LoRA layers that are the only thing trained.
+    def load(self) -> None:
+        import torch
+        from peft import LoraConfig
+
+        if self.placement is None:
+            self.check_inputs()
+        self.pipe = load_sdxl_pipeline(self.base)
+        pipe, placement = self.pipe, self.placement
+        self.weight_dtype = getattr(torch, placement.weight_dtype)
+        self.unet, self.vae = pipe.unet, pipe.vae
+        self.text_encoders = [pipe.text_encoder, pipe.text_encoder_2]
+        self.tokenizers = [pipe.tokenizer, pipe.tokenizer_2]
+        for model in (self.unet, self.vae, *self.text_encoders):
+            model.requires_grad_(False)
+        # The VAE stays fp32: SDXL's VAE overflows in fp16, and it only runs once per image here.
+        self.vae.to(placement.device, dtype=torch.float32)
+        self.unet.to(placement.device, dtype=self.weight_dtype)
+        for encoder in self.text_encoders:
+            encoder.to(placement.device, dtype=self.weight_dtype)
+
+        self.attention = self._choose_attention()
+        if self.config.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.unet.add_adapter(LoraConfig(r=self.config.rank, lora_alpha=self.config.lora_alpha,
+                                         init_lora_weights="gaussian", target_modules=UNET_TARGET_MODULES))
+        if self.config.train_text_encoder:
+            for encoder in self.text_encoders:
+                encoder.add_adapter(LoraConfig(r=self.config.rank, lora_alpha=self.config.lora_alpha,
+                                               init_lora_weights="gaussian", target_modules=TEXT_ENCODER_TARGET_MODULES))
+                if self.config.gradient_checkpointing:
+                    encoder.gradient_checkpointing_enable()
+        # Trainable LoRA weights stay fp32 even when the frozen weights are half precision:
+        # the optimizer's small updates would vanish in fp16.
+        self.trainable = [p for m in self._lora_models().values() for p in m.parameters() if p.requires_grad]
+        for param in self.trainable:
+            param.data = param.data.float()
+
+    def _choose_attention(self) -> str:
+        wanted = self.config.attention
+        if wanted in ("auto", "xformers") and self.placement.is_cuda:
+            try:
+                import xformers  # noqa: F401
+
+                self.unet.enable_xformers_memory_efficient_attention()
+                return "xformers"
+            except ImportError:
+                if wanted == "xformers":
+                    raise LikenessError("--attention xformers: xformers is not installed") from None
+        elif wanted == "xformers":
+            raise LikenessError("--attention xformers needs a CUDA GPU; use sdpa on the CPU")
+        return "sdpa"  # diffusers' default processor is PyTorch's scaled_dot_product_attention
+
+    def _lora_models(self) -> dict:
+        models = {"unet": self.unet}
+        if self.config.train_text_encoder:
+            models["text_encoder"], models["text_encoder_2"] = self.text_encoders
+        return models
+
+    # 3. Text embeddings: once, before the loop, when the text encoders are frozen.
+    def encode_prompt(self, prompt: str, grad: bool = False) -> PromptEmbeds:
+        import torch
+
+        hidden, pooled = [], None
+        context = contextlib.nullcontext() if grad else torch.no_grad()
+        with context, self._autocast():
+            for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
+                ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(encoder.device)
+                output = encoder(ids, output_hidden_states=True)
+                pooled = output[0]  # the second encoder's projected pooled output is SDXL's
+                hidden.append(output.hidden_states[-2])  # SDXL conditions on the penultimate layer
+        return PromptEmbeds(torch.cat(hidden, dim=-1), pooled)
+
+    # 4. Latents: the VAE encoder runs once per image; each step samples from the cached distribution.
+    def cache_latents(self, images: list[TrainingImage]):
+        import torch
+
+        means, stds = [], []
+        with torch.no_grad():
+            for start in range(0, len(images), 8):
+                batch = torch.stack([im.pixels for im in images[start:start + 8]]).to(self.placement.device)
+                dist = self.vae.encode(batch).latent_dist
+                means.append(dist.mean.cpu())
+                stds.append(dist.std.cpu())
+        return torch.cat(means), torch.cat(stds)
+
+    def _autocast(self):
+        import torch
+
+        if self.placement.is_cuda and self.weight_dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.weight_dtype)
+        return contextlib.nullcontext()
+
+    def _time_ids(self, image: TrainingImage):
+        import torch
+
+        size = self.config.resolution
+        return torch.tensor([*image.original_size, *image.crop_top_left, size, size], dtype=torch.float32)
+
+    # 5. The loop.
+    def run(self) -> TrainResult:
+        import torch
+        import torch.nn.functional as F
+        from diffusers import DDPMScheduler
+        from diffusers.optimization import get_scheduler
+
+        started = time.perf_counter()
+        if self.placement is None:
+            self.check_inputs()
+        images, warnings = load_training_images(self.config.data, self.config.resolution)
+        for warning in warnings:
+            self.on_event(Log(warning))
+        if self.pipe is None:
+            self.load()
+        config, run, placement = self.config, self.run_dir, self.placement
+        run.samples.mkdir(parents=True, exist_ok=True)
+        record = self._run_record(len(images), status="running")
+        run.write_run(record)
+        reset_peak_memory(placement)
+
+        noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        instance = None if config.train_text_encoder else self.encode_prompt(config.instance_prompt)
+        latent_mean, latent_std = self.cache_latents(images) if config.cache_latents else (None, None)
+        time_ids = torch.stack([self._time_ids(im) for im in images])
+        prior = self._prior_batch(noise_scheduler) if config.prior_preservation else None
+        sample_embeds = (None if config.train_text_encoder
+                         else [self.encode_prompt(p) for p in config.sample_prompts()])
+        if not config.train_text_encoder:
+            # Everything the encoders had to say is cached: free their memory for the UNet.
+            for encoder in self.text_encoders:
+                encoder.to("cpu")
+        if config.cache_latents:
+            self.vae.to("cpu")
+        if placement.is_cuda:
+            torch.cuda.empty_cache()
+
+        optimizer = self._optimizer()
+        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
+                                     num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.steps)
+        first_step = 0
+        if config.resume:
+            last = run.checkpoint_steps()[-1]
+            first_step = load_checkpoint(run.checkpoint_path(last), self._lora_models(), optimizer, lr_scheduler)
+            run.truncate_metrics(first_step)
+            self.on_event(Log(f"resumed from checkpoint at step {first_step}"))
+        self.on_event(Started(first_step, config.steps))
+        if config.sample_every and first_step == 0:
+            self._save_samples(0, sample_embeds)
+
+        scaling = self.vae.config.scaling_factor
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        n_images, loss_value, step_times = len(images), None, []
+        self.unet.train()
+        try:
+            for step in range(first_step + 1, config.steps + 1):
+                t0 = time.perf_counter()
+                gen = _step_generator(config.seed, step)
+                # Images in epoch order: each epoch is a fresh permutation seeded by (seed, epoch).
+                indices = []
+                for k in range(config.batch_size):
+                    g = (step - 1) * config.batch_size + k
+                    perm = torch.randperm(n_images, generator=_step_generator(config.seed, -1 - g // n_images))
+                    indices.append(int(perm[g % n_images]))
+                index = torch.tensor(indices)
+                if config.cache_latents:
+                    eps = torch.randn(latent_mean[index].shape, generator=gen)
+                    latents = latent_mean[index] + latent_std[index] * eps
+                else:
+                    pixels = torch.stack([images[i].pixels for i in indices]).to(placement.device)
+                    with torch.no_grad():
+                        latents = self.vae.to(placement.device).encode(pixels).latent_dist.sample(gen).cpu()
+                latents = (latents - shift) * scaling
+                batch_time_ids = time_ids[index]
+                embeds = instance if instance is not None else self.encode_prompt(config.instance_prompt, grad=True)
+                prompt_embeds = embeds.prompt_embeds.expand(len(indices), -1, -1)
+                pooled = embeds.pooled_prompt_embeds.expand(len(indices), -1)
+                if prior is not None:
+                    latents = torch.cat([latents, prior["latents"][step % len(prior["latents"])][None]])
+                    class_embeds = prior["embeds"] if prior["embeds"] is not None else self.encode_prompt(
+                        config.class_prompt, grad=True)
+                    prompt_embeds = torch.cat([prompt_embeds, class_embeds.prompt_embeds])
+                    pooled = torch.cat([pooled, class_embeds.pooled_prompt_embeds])
+                    batch_time_ids = torch.cat([batch_time_ids, prior["time_ids"][None]])
+
+                noise = torch.randn(latents.shape, generator=gen)
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                          generator=gen)
+                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                if noise_scheduler.config.prediction_type == "v_prediction":
+                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                else:
+                    target = noise
+                dev = placement.device
+                with self._autocast():
+                    prediction = self.unet(
+                        noisy.to(dev, self.weight_dtype), timesteps.to(dev),
+                        encoder_hidden_states=prompt_embeds.to(dev, self.weight_dtype),
+                        added_cond_kwargs={"text_embeds": pooled.to(dev, self.weight_dtype),
+                                           "time_ids": batch_time_ids.to(dev, self.weight_dtype)},
+                        return_dict=False,
+                    )[0]
+                target = target.to(dev)
+                if prior is not None:
+                    prediction, prior_prediction = prediction[:-1], prediction[-1:]
+                    target, prior_target = target[:-1], target[-1:]
+                    loss = F.mse_loss(prediction.float(), target.float())
+                    loss = loss + config.prior_loss_weight * F.mse_loss(prior_prediction.float(), prior_target.float())
+                else:
+                    loss = F.mse_loss(prediction.float(), target.float())
+                loss.backward()
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                loss_value = loss.detach().item()
+                seconds = time.perf_counter() - t0
+                step_times.append(seconds)
+                recent = sorted(step_times[-20:])[len(step_times[-20:]) // 2]  # median: robust to sampling pauses
+                lr = lr_scheduler.get_last_lr()[0]
+                run.append_metrics({"step": step, "loss": loss_value, "lr": lr, "seconds_per_step": seconds,
+                                    "peak_memory_mb": round(peak_memory_mb(placement), 1)})
+                self.on_event(Progress(step, config.steps, loss_value, lr, recent, recent * (config.steps - step)))
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                    save_checkpoint(run, step, self._lora_models(), optimizer, lr_scheduler,
+                                    config.model_dump(mode="json"), rank=config.rank, alpha=config.lora_alpha,
+                                    keep=config.checkpoints_keep)
+                    run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
+                if config.sample_every and step % config.sample_every == 0:
+                    self._save_samples(step, sample_embeds)
+                if self.step_hook is not None:
+                    self.step_hook(step)
+        except BaseException as stop:
+            status = "cancelled" if isinstance(stop, TrainingCancelled) else "interrupted"
+            run.write_run({**record, "status": status, "wall_time_s": self._wall(record, started)})
+            raise
+
+        if config.sample_every and config.steps % config.sample_every:
+            self._save_samples(config.steps, sample_embeds)
+        lora_path = save_lora(run.root, **self._lora_models_kw(), rank=config.rank, alpha=config.lora_alpha)
+        wall = time.perf_counter() - started
+        peak = peak_memory_mb(placement)
+        run.write_run({**record, "status": "done", "finished_at": _now(), "steps_done": config.steps,
+                       "final_loss": loss_value, "wall_time_s": self._wall(record, started),
+                       "peak_memory_mb": round(peak, 1),
+                       "median_seconds_per_step": (sorted(step_times)[len(step_times) // 2] if step_times else None)})
+        return TrainResult(run.root, lora_path, config.steps, loss_value, wall, peak)
+
+    @staticmethod
+    def _wall(record: dict, started: float) -> float:
+        """Wall time of the whole run, across resumes."""
+        return round(record["wall_time_s_before_resume"] + time.perf_counter() - started, 2)
+
+    def _lora_models_kw(self) -> dict:
+        models = self._lora_models()
+        return {"unet": models["unet"], "text_encoder": models.get("text_encoder"),
+                "text_encoder_2": models.get("text_encoder_2")}
+
+    def _optimizer(self):
+        import torch
+
+        if self.config.optimizer == "adamw8bit":
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(self.trainable, lr=self.config.lr, weight_decay=1e-4)
+        return torch.optim.AdamW(self.trainable, lr=self.config.lr, weight_decay=1e-4)
+
+    def _prior_batch(self, noise_scheduler) -> dict:
+        """Class images drawn by the base model (cached across runs), their latents and embeddings."""
+        import torch
+
+        from engine.class_images import ensure_class_images
+
+        folder = ensure_class_images(self, self.config, self.settings)
+        class_images, _ = load_training_images(folder, self.config.resolution)
+        mean, std = self.cache_latents(class_images)
+        latents = mean + std * torch.randn(mean.shape, generator=_step_generator(self.config.seed, -10**9))
+        return {"latents": latents,
+                "embeds": None if self.config.train_text_encoder else self.encode_prompt(self.config.class_prompt),
+                "time_ids": self._time_ids(class_images[0])}
+
+    def sampling_pipeline(self, frozen_text: bool):
+        """A pipeline over the training models; without text encoders when prompts are pre-encoded."""
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(
+            vae=self.vae, unet=self.unet, scheduler=self.pipe.scheduler, tokenizer=self.tokenizers[0],
+            tokenizer_2=self.tokenizers[1],
+            text_encoder=None if frozen_text else self.text_encoders[0],
+            text_encoder_2=None if frozen_text else self.text_encoders[1],
+        )
+
+    def _save_samples(self, step: int, embeds: list[PromptEmbeds] | None) -> None:
+        prompts = self.config.sample_prompts()
+        self.vae.to(self.placement.device)
+        self.unet.eval()
+        pipe = self.sampling_pipeline(frozen_text=embeds is not None)
+        pipe.set_progress_bar_config(disable=True)
+        autocast_dtype = self.weight_dtype if self.placement.is_cuda else None
+        rows = render_images(pipe, prompts, self.config.sample_seeds, resolution=self.config.resolution,
+                             steps=self.config.sample_steps, embeds=embeds, autocast_dtype=autocast_dtype)
+        if self.config.cache_latents:
+            self.vae.to("cpu")
+        self.unet.train()
+        path = self.run_dir.sample_path(step)
+        save_png_atomically(sample_grid(rows, prompts, self.config.sample_seeds, step), path)
+        self.on_event(SampleReady(step, path))
+
+    def _run_record(self, n_images: int, status: str) -> dict:
+        previous = self.run_dir.read_run() or {}
+        versions = library_versions()
+        return {
+            "likeness_version": versions["likeness"],
+            "status": status,
+            "config": self.config.model_dump(mode="json"),
+            "num_images": n_images,
+            "base": self.base.to_json(),
+            "where": "local",
+            "device": self.placement.device,
+            "gpu_name": self.placement.gpu_name,
+            "precision": self.placement.weight_dtype,
+            "attention": self.attention,
+            "lora_rank": self.config.rank,
+            "lora_alpha": self.config.lora_alpha,
+            "seed": self.config.seed,
+            "steps": self.config.steps,
+            "memory_kind": memory_kind(self.placement),
+            "started_at": previous.get("started_at", _now()) if self.config.resume else _now(),
+            "wall_time_s_before_resume": previous.get("wall_time_s", 0.0) if self.config.resume else 0.0,
+            "versions": versions,
+        }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def train(config: TrainConfig, settings: Settings, on_event: EventSink = ignore_events,
+          step_hook: StepHook | None = None) -> TrainResult:
+    """Train a LoRA as ``config`` says; events report progress, ``step_hook`` may cancel."""
+    trainer = SDXLLoRATrainer(config, settings, on_event, step_hook)
+    trainer.check_inputs()
+    return trainer.run()
+
+
