@@ -15,7 +15,7 @@ from engine.errors import LikenessError
 
 # Sub-command modules, in the order `likeness --help` lists them. Each has
 # `register(subparsers)`, which adds its parser and sets `run` as the default `func`.
-COMMANDS = ("demo", "train", "generate", "export")
+COMMANDS = ("demo", "prep", "train", "generate", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -82,6 +82,8 @@ class _LoraSource:
                 raise LikenessError(f"{self.run_dir} has no final {LORA_FILENAME} yet; pick a checkpoint with --step")
             return path.resolve()
         path = RunDir(self.run_dir).checkpoint_path(step) / LORA_FILENAME
+        if not path.is_file() and self.run and self.run.get("steps_done") == step:
+            path = self.run_dir / LORA_FILENAME  # the last step's weights are the final LoRA
         if not path.is_file():
             steps = RunDir(self.run_dir).checkpoint_steps()
             raise LikenessError(f"{self.run_dir} has no checkpoint at step {step} (it has: {steps or 'none'})")
@@ -115,6 +117,9 @@ def a1111_parameters(sidecar: dict[str, Any]) -> str:
 
 def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = ignore_events) -> GenerateResult:
     """Draw every combination of the sweeps; write images, sidecars and labelled grids."""
+    from engine.quiet import quiet_libraries
+
+    quiet_libraries()
     import torch
     from diffusers import DDIMScheduler
     from PIL.PngImagePlugin import PngInfo

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import shutil
+import tempfile
 from pathlib import Path
 
 # Bump when the architecture or the seeds below change, so stale copies are rebuilt.
@@ -34,7 +34,12 @@ def _byte_level_vocab() -> dict[str, int]:
 
 def _build(target: Path) -> None:
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,

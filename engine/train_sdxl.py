@@ -77,6 +77,9 @@ class SDXLLoRATrainer:
 
     # 2. Load SDXL, freeze it, and add the LoRA layers that are the only thing trained.
     def load(self) -> None:
+        from engine.quiet import quiet_libraries
+
+        quiet_libraries()
         import torch
         from peft import LoraConfig
 
@@ -99,6 +102,9 @@ class SDXLLoRATrainer:
         self.attention = self._choose_attention()
         if self.config.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        # peft draws the LoRA's initial weights from torch's global generator: seed it, or two runs
+        # with the same seed would start from different LoRAs.
+        torch.manual_seed(self.config.seed)
         self.unet.add_adapter(LoraConfig(r=self.config.rank, lora_alpha=self.config.lora_alpha,
                                          init_lora_weights="gaussian", target_modules=UNET_TARGET_MODULES))
         if self.config.train_text_encoder:

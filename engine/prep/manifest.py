@@ -1,0 +1,140 @@
+"""What prep records: each photo's analysis, its verdict, and the run's summary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+MANIFEST_VERSION = 1
+
+
+class Reason(StrEnum):
+    """Why a photo was rejected; the value is what the manifest and the summary show."""
+
+    UNREADABLE = "unreadable"
+    EMPTY = "empty file"
+    FILE_TOO_LARGE = "file too large"
+    NOT_AN_IMAGE = "not an image"
+    CORRUPT = "truncated or corrupt"
+    TOO_MANY_PIXELS = "too many pixels"
+    NO_FACE = "no face"
+    DIFFERENT_PERSON = "different person"
+    TOO_SMALL = "too small"
+    BLURRY = "blurry"
+    TOO_DARK = "too dark"
+    TOO_BRIGHT = "too bright"
+    DUPLICATE = "duplicate"
+
+
+Box = tuple[int, int, int, int]
+"""(left, top, right, bottom) in pixels of the full-resolution, upright photo."""
+
+
+class FaceFound(BaseModel):
+    """One face in a photo, measured on the detection copy."""
+
+    box: Box = Field(description="Face box in full-resolution pixels (left, top, right, bottom).")
+    encoding: list[float] = Field(description="128-d face_recognition encoding.")
+    sharpness: float = Field(description="Variance of the Laplacian of the face, resized to 128 px.")
+    brightness: float = Field(description="Mean luminance of the face box, 0-255.")
+
+
+class PhotoAnalysis(BaseModel):
+    """Everything prep learns from one file's bytes; cached by content hash."""
+
+    sha256: str | None = Field(default=None, description="Hash of the file's bytes; None if unreadable.")
+    error: Reason | None = Field(default=None, description="Why the file could not be used as an image.")
+    detail: str | None = Field(default=None, description="The error's specifics, for the manifest.")
+    width: int | None = Field(default=None, description="Upright full-resolution width.")
+    height: int | None = Field(default=None, description="Upright full-resolution height.")
+    faces: list[FaceFound] = Field(default_factory=list, description="Faces found, largest first.")
+    phash: str | None = Field(default=None, description="Perceptual hash of the whole photo (hex).")
+
+
+class PhotoEntry(BaseModel):
+    """One input file's line in manifest.json."""
+
+    source: str = Field(description="Path relative to PHOTOS (or the zip member name).")
+    sha256: str | None = Field(default=None, description="Hash of the source bytes.")
+    status: Literal["accepted", "rejected"] = Field(description="Whether the photo is in the dataset.")
+    reason: Reason | None = Field(default=None, description="Why it was rejected.")
+    detail: str | None = Field(default=None, description="More about the reason (which photo it duplicates...).")
+    image: str | None = Field(default=None, description="Dataset-relative path of the training image.")
+    width: int | None = Field(default=None, description="Upright source width.")
+    height: int | None = Field(default=None, description="Upright source height.")
+    faces: int = Field(default=0, description="How many faces were found in the photo.")
+    face_box: Box | None = Field(default=None, description="The kept face's box in source pixels.")
+    identity_distance: float | None = Field(default=None, description="Kept face's distance to the identity.")
+    sharpness: float | None = Field(default=None, description="Kept face's variance of the Laplacian.")
+    brightness: float | None = Field(default=None, description="Kept face's mean luminance.")
+    phash: str | None = Field(default=None, description="Perceptual hash of the photo.")
+    crop_box: Box | None = Field(default=None, description="Square crop in source pixels; may overhang (padded).")
+    upscale: float | None = Field(default=None, description="Enlargement from the crop to the training size.")
+
+
+class Manifest(BaseModel):
+    """DATASET/manifest.json: the config that made the dataset and a line per input file."""
+
+    version: int = Field(default=MANIFEST_VERSION, description="Manifest format version.")
+    photos: str = Field(description="The PHOTOS folder or zip the dataset came from.")
+    size: int = Field(description="Side of every training image.")
+    instance_prompt: str = Field(description="Caption of every training image.")
+    config: dict = Field(description="The PrepConfig that made this dataset.")
+    identity_photos: int = Field(description="Photos whose faces formed the identity.")
+    identity_source: Literal["cluster", "reference"] = Field(description="How the identity was chosen.")
+    accepted: int = Field(description="Training images written.")
+    rejected: dict[str, int] = Field(description="Rejected photos by reason.")
+    entries: list[PhotoEntry] = Field(description="Every input file, in source order.")
+
+    def write(self, path: Path) -> None:
+        """Write as indented JSON."""
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        """Read a manifest.json written by `write`."""
+        return cls.model_validate_json(path.read_text())
+
+
+@dataclass(frozen=True)
+class PrepProgress:
+    """A progress tick: `done` of `total` photos through `stage` ("analysing", "cropping", "writing")."""
+
+    stage: str
+    done: int
+    total: int
+
+
+class PrepReport(BaseModel):
+    """What a prep run did, for printing and for callers."""
+
+    dataset: Path = Field(description="The dataset folder written.")
+    found: int = Field(description="Input files considered (videos and sidecars excluded).")
+    skipped: int = Field(description="Videos, sidecars and hidden files passed over silently.")
+    accepted: int = Field(description="Training images written.")
+    rejected: dict[str, int] = Field(description="Rejected files by reason.")
+    cached: int = Field(description="Files whose analysis came from the cache.")
+    seconds: float = Field(description="Wall-clock time of the run.")
+    identity_photos: int = Field(description="Photos whose faces formed the identity.")
+
+    @property
+    def images_per_second(self) -> float:
+        """Input files handled per second."""
+        return self.found / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        lines = [
+            f"found {self.found} photos ({self.skipped} videos/sidecars skipped), "
+            f"{self.cached} from cache",
+            f"accepted {self.accepted}, rejected {sum(self.rejected.values())}",
+        ]
+        lines += [f"  {reason}: {count}" for reason, count in sorted(self.rejected.items(), key=lambda kv: -kv[1])]
+        lines.append(f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/second")
+        lines.append(f"dataset: {self.dataset}")
+        return "\n".join(lines)

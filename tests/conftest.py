@@ -1,0 +1,64 @@
+"""Shared fixtures: one likeness home with the tiny model, demo photos, and a short trained run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the model hub: a missing model must fail fast, not wait on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("likeness-home")
+
+
+@pytest.fixture(autouse=True)
+def _likeness_home(home, monkeypatch):
+    monkeypatch.setenv("LIKENESS_HOME", str(home))
+
+
+@pytest.fixture(scope="session")
+def settings(home):
+    from engine.settings import Settings
+
+    return Settings(home=home)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(settings) -> Path:
+    from engine.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model(settings.models_dir)
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    from engine.demo import make_demo_photos
+
+    folder = tmp_path_factory.mktemp("photos")
+    make_demo_photos(folder, count=4)
+    return folder
+
+
+def tiny_train_config(data: Path, out: Path, **overrides):
+    """A run small enough for a test: 64 px, a few steps, samples and checkpoints every 3 steps."""
+    from engine.train_config import TrainConfig
+
+    values = dict(data=data, out=out, base="tiny", steps=6, resolution=64, rank=4, lr=1e-3,
+                  sample_every=3, sample_steps=2, checkpoint_every=3, checkpoints_keep=5, sample_seeds=(0,),
+                  validation_prompts=("a photo of {token} {class_word}",))
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, photos, settings, tiny_model) -> Path:
+    from engine.train_sdxl import train
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train(tiny_train_config(photos, out), settings)
+    return out

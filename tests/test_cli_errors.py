@@ -1,0 +1,169 @@
+"""Every mistake a user can make gets one clear line and exit code 2, and touches nothing of theirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--base", "tiny", "--data", str(data), "--out", str(out), "--resolution", "64",
+            "--steps", "2", "--sample-every", "0", "--checkpoint-every", "0", *extra]
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("likeness: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_missing_data_dir(capsys, tmp_path):
+    code, err = run_cli(capsys, *train_args(tmp_path / "nope", tmp_path / "out"))
+    assert_one_line_error(code, err, "does not exist")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_data_dir(capsys, tmp_path):
+    (tmp_path / "photos").mkdir()
+    code, err = run_cli(capsys, *train_args(tmp_path / "photos", tmp_path / "out"))
+    assert_one_line_error(code, err, "holds no images")
+
+
+def test_no_usable_images(capsys, tmp_path, tiny_model):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (photos / "empty.png").write_bytes(b"")
+    code, err = run_cli(capsys, *train_args(photos, tmp_path / "out"))
+    assert_one_line_error(code, err, "none of the 2 image files")
+
+
+@pytest.mark.parametrize(("flag", "value", "needle"), [
+    ("--steps", "0", "--steps"),
+    ("--steps", "-5", "--steps"),
+    ("--resolution", "100", "multiple of 8"),
+    ("--rank", "0", "--rank"),
+    ("--lr", "-1", "--lr"),
+])
+def test_bad_numbers(capsys, tmp_path, photos, flag, value, needle):
+    argv = train_args(photos, tmp_path / "out")
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    code, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_base(capsys, tmp_path, photos):
+    argv = train_args(photos, tmp_path / "out")
+    argv[argv.index("--base") + 1] = "not a model"
+    code, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, "unknown base model")
+
+
+def test_missing_base_file(capsys, tmp_path, photos):
+    argv = train_args(photos, tmp_path / "out")
+    argv[argv.index("--base") + 1] = str(tmp_path / "sdxl.safetensors")
+    code, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, "does not exist")
+
+
+def test_unwritable_output(capsys, tmp_path, photos, tiny_model):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    code, err = run_cli(capsys, *train_args(photos, blocker / "run"))
+    assert_one_line_error(code, err, "cannot write")
+    assert blocker.read_text() == "mine"
+
+
+def test_output_holding_other_files_is_left_alone(capsys, tmp_path, photos, tiny_model):
+    out = tmp_path / "my-folder"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, err = run_cli(capsys, *train_args(photos, out))
+    assert_one_line_error(code, err, "not a likeness run")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_finished_run_is_not_overwritten_without_force(capsys, tmp_path, photos, tiny_model):
+    out = tmp_path / "run"
+    assert main(train_args(photos, out)) == 0
+    lora_bytes = (out / "lora.safetensors").read_bytes()
+    capsys.readouterr()
+    code, err = run_cli(capsys, *train_args(photos, out))
+    assert_one_line_error(code, err, "finished run", "--force")
+    assert (out / "lora.safetensors").read_bytes() == lora_bytes
+    assert main(train_args(photos, out, "--force", "--seed", "7")) == 0
+    assert (out / "lora.safetensors").read_bytes() != lora_bytes
+
+
+def test_resume_without_checkpoint(capsys, tmp_path, photos):
+    code, err = run_cli(capsys, *train_args(photos, tmp_path / "out", "--resume"))
+    assert_one_line_error(code, err, "no checkpoint")
+
+
+def test_config_file_errors(capsys, tmp_path, photos):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = = 3")
+    code, err = run_cli(capsys, *train_args(photos, tmp_path / "out", "--config", str(bad)))
+    assert_one_line_error(code, err, "not valid")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("stepz: 3\n")
+    code, err = run_cli(capsys, *train_args(photos, tmp_path / "out", "--config", str(unknown)))
+    assert_one_line_error(code, err, "stepz")
+
+
+def test_lora_that_does_not_fit_the_base(capsys, tmp_path, tiny_model):
+    import torch
+    from safetensors.torch import save_file
+
+    alien = tmp_path / "alien.safetensors"
+    key = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora.{}.weight"
+    save_file({key.format("down"): torch.zeros(4, 320), key.format("up"): torch.zeros(1280, 4)}, str(alien))
+    code, err = run_cli(capsys, "generate", "--base", "tiny", "--lora", str(alien), "--steps", "1",
+                        "--width", "64", "--out", str(tmp_path / "gen"))
+    assert_one_line_error(code, err, "does not fit base")
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--sweep", "age"], "expected NAME=VALUE"),
+    (["--sweep", "temperature=0,2"], "0..1"),
+    (["--sweep", "lora_scale=a,b"], "float"),
+    (["--sweep", "colour=red,blue"], "not a placeholder"),
+    (["--prompt", "{token} at age {age}"], "{age} has no value"),
+    (["--lora", "/nowhere/run"], "does not exist"),
+    (["--width", "100"], "--width"),
+])
+def test_generate_argument_errors(capsys, tmp_path, argv, needle):
+    code, err = run_cli(capsys, "generate", "--base", "tiny", "--out", str(tmp_path / "gen"), *argv)
+    assert_one_line_error(code, err, needle)
+
+
+def test_offline_hub_model_says_what_to_download(tmp_path, photos):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "LIKENESS_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "--data", str(photos), "--out", str(tmp_path / "out"),
+         "--base", "stabilityai/stable-diffusion-xl-base-1.0", "--steps", "1"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "hf download stabilityai/stable-diffusion-xl-base-1.0" in result.stderr
+    assert result.stderr.strip().count("\n") == 0

@@ -1,0 +1,118 @@
+"""Training the tiny SDXL model: what a run leaves behind, resume, the 8-bit optimizer, latent caching."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.errors import TrainingCancelled
+from engine.run_dir import RunDir
+from engine.train_sdxl import SDXLLoRATrainer, train
+from tests.conftest import tiny_train_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_run_leaves_lora_samples_metrics_and_a_full_record(trained_run, photos):
+    run = RunDir(trained_run)
+    assert run.lora.is_file()
+    assert sorted(p.name for p in run.samples.iterdir()) == ["step-000000.png", "step-000003.png", "step-000006.png"]
+    rows = run.read_metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(set(r) >= {"loss", "lr", "seconds_per_step", "peak_memory_mb"} for r in rows)
+    record = json.loads(run.run_json.read_text())
+    assert record["status"] == "done"
+    assert record["num_images"] == len(list(photos.iterdir()))
+    assert record["config"]["rank"] == 4 and record["lora_rank"] == 4
+    assert record["base"]["kind"] == "tiny"
+    assert record["device"] == "cpu" and record["peak_memory_mb"] > 0 and record["wall_time_s"] > 0
+    assert record["versions"]["torch"] and record["versions"]["diffusers"]
+    assert record["final_loss"] == rows[-1]["loss"]
+
+
+def test_lora_file_is_diffusers_format_with_rank_and_alpha(trained_run):
+    from safetensors import safe_open
+
+    with safe_open(str(RunDir(trained_run).lora), "pt") as handle:
+        keys = list(handle.keys())
+        meta = json.loads(handle.metadata()["lora_adapter_metadata"])
+    assert keys and all(k.startswith("unet.") for k in keys)
+    assert meta["unet.r"] == 4 and meta["unet.lora_alpha"] == 4.0
+
+
+def test_trained_lora_changes_the_unet(trained_run):
+    # lora_up starts at zero; after training it must not be, or nothing was learned.
+    weights = load_file(str(RunDir(trained_run).lora))
+    ups = [v for k, v in weights.items() if ".lora.up." in k]
+    assert ups and any(v.abs().max() > 0 for v in ups)
+
+
+def test_resumed_run_follows_the_uninterrupted_loss_curve(tmp_path, photos, settings, tiny_model):
+    straight = tmp_path / "straight"
+    train(tiny_train_config(photos, straight, sample_every=0), settings)
+
+    stopped = tmp_path / "stopped"
+
+    def stop_after_four(step: int) -> None:
+        if step == 4:
+            raise TrainingCancelled()
+
+    with pytest.raises(TrainingCancelled):
+        train(tiny_train_config(photos, stopped, sample_every=0), settings, step_hook=stop_after_four)
+    assert RunDir(stopped).read_run()["status"] == "cancelled"
+    assert RunDir(stopped).checkpoint_steps() == [3]
+    train(tiny_train_config(photos, stopped, sample_every=0, resume=True), settings)
+
+    a, b = RunDir(straight).read_metrics(), RunDir(stopped).read_metrics()
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+    wa, wb = load_file(str(RunDir(straight).lora)), load_file(str(RunDir(stopped).lora))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_state_is_8bit(tmp_path, photos, settings, tiny_model):
+    # bitsandbytes keeps tensors under 4,096 elements in 32-bit; rank 64 makes the tiny model's
+    # LoRA matrices as large as that, as every SDXL-size LoRA matrix is.
+    out = tmp_path / "run"
+    train(tiny_train_config(photos, out, steps=2, rank=64, checkpoint_every=1, sample_every=0), settings)
+    state = torch.load(RunDir(out).checkpoint_path(1) / "optimizer.pt", weights_only=False)["state"]
+    moments = []
+    for param_state in state.values():
+        quant = param_state.get("__bnb_optimizer_quant_state__", param_state)
+        quant = quant[0] if isinstance(quant, tuple) else quant
+        moments += [quant[k] for k in ("state1", "state2")]
+    assert len(moments) == 2 * len(state) > 0
+    assert all(t.dtype == torch.uint8 for t in moments)
+
+
+def test_vae_encoder_runs_once_per_image(tmp_path, photos, settings, tiny_model):
+    n_images = len(list(photos.iterdir()))
+    trainer = SDXLLoRATrainer(tiny_train_config(photos, tmp_path / "run", steps=3 * n_images, sample_every=0,
+                                                checkpoint_every=0), settings)
+    trainer.check_inputs()
+    trainer.load()
+    encoded = []
+    trainer.vae.encoder.register_forward_hook(lambda _m, inputs, _o: encoded.append(inputs[0].shape[0]))
+    trainer.run()
+    assert sum(encoded) == n_images
+
+
+def test_text_encoder_lora_and_prior_preservation_train_and_save(tmp_path, photos, settings, tiny_model):
+    out = tmp_path / "run"
+    train(tiny_train_config(photos, out, steps=2, train_text_encoder=True, prior_preservation=True,
+                            num_class_images=2, checkpoint_every=0, sample_every=0), settings)
+    keys = load_file(str(RunDir(out).lora)).keys()
+    assert any(k.startswith("text_encoder.") for k in keys)
+    assert any(k.startswith("text_encoder_2.") for k in keys)
+    assert len(list(settings.class_images_dir.glob("*/*.png"))) >= 2
+
+
+def test_checkpoints_keep_only_the_newest(tmp_path, photos, settings, tiny_model):
+    out = tmp_path / "run"
+    train(tiny_train_config(photos, out, steps=7, checkpoint_every=2, checkpoints_keep=2, sample_every=0), settings)
+    assert RunDir(out).checkpoint_steps() == [4, 6]

@@ -1,0 +1,90 @@
+"""The engine's pure parts: sweeps, templates, config files, grids, the kohya key mapping."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from engine.errors import LikenessError
+from engine.sweeps import check_template, expand, parse_sweep, placeholders
+
+
+def test_parse_sweep_types_parameter_axes_and_keeps_placeholder_values_as_text():
+    assert parse_sweep("age=5,10,18") == ("age", ["5", "10", "18"])
+    assert parse_sweep("lora_scale=0,0.5,1") == ("lora_scale", [0.0, 0.5, 1.0])
+    assert parse_sweep("seed=1, 2") == ("seed", [1, 2])
+
+
+@pytest.mark.parametrize("text", ["age", "age=", "=1,2", "age=1,,2", "steps=0", "seed=x", "temperature=1.5"])
+def test_parse_sweep_rejects_malformed_axes(text):
+    with pytest.raises(LikenessError):
+        parse_sweep(text)
+
+
+def test_expand_varies_the_first_axis_slowest():
+    combos = expand({"a": [1, 2], "b": ["x", "y"]})
+    assert combos == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+
+
+def test_template_placeholders_must_all_have_values():
+    assert placeholders("{token} {class_word} at {age}, {age}") == ["token", "class_word", "age"]
+    check_template("{token} at {age}", {"age": ["5"]}, {"token": "sks"})
+    with pytest.raises(LikenessError, match="has no value"):
+        check_template("{token} at {age}", {}, {"token": "sks"})
+    with pytest.raises(LikenessError, match="not a placeholder"):
+        check_template("{token}", {"hair": ["red"]}, {"token": "sks"})
+    with pytest.raises(LikenessError, match="plain name"):
+        placeholders("{0} and {a.b}")
+
+
+def test_config_file_toml_and_yaml_fill_the_train_config(tmp_path):
+    import argparse
+
+    from engine.commands.common import build_config
+    from engine.train_config import TrainConfig
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('steps = 40\nclass-word = "man"\nrank = 8\n')
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text("steps: 50\nlr: 0.0002\n")
+    args = argparse.Namespace(config=toml, data=tmp_path, out=tmp_path / "o", rank=32)
+    config = build_config(TrainConfig, args)
+    assert (config.steps, config.class_word, config.rank) == (40, "man", 32)  # the flag beats the file
+    config = build_config(TrainConfig, argparse.Namespace(config=yaml, data=tmp_path, out=tmp_path / "o"))
+    assert (config.steps, config.lr) == (50, 0.0002)
+
+
+def test_instance_and_sample_prompts_use_token_and_class_word(tmp_path):
+    from engine.train_config import TrainConfig
+
+    config = TrainConfig(data=tmp_path, out=tmp_path, token="ohwx", class_word="man")
+    assert config.instance_prompt == "a photo of ohwx man"
+    assert config.sample_prompts()[0] == "a photo of ohwx man"
+    assert config.lora_alpha == config.rank
+    with pytest.raises(ValueError, match="unknown placeholder"):
+        TrainConfig(data=tmp_path, out=tmp_path, validation_prompts=("{tokn} person",))
+
+
+def test_labelled_grid_places_every_image_under_its_header():
+    from engine.grid import labelled_grid
+
+    red, blue = Image.new("RGB", (32, 32), (255, 0, 0)), Image.new("RGB", (32, 32), (0, 0, 255))
+    grid = labelled_grid([[red, blue], [blue, red]], ["row a", "row b"], ["col 1", "col 2"], title="t")
+    width, height = grid.size
+    assert width > 64 and height > 64
+    # The bottom-right cell is the last image pasted: red.
+    assert grid.getpixel((width - 5, height - 5)) == (255, 0, 0)
+    assert grid.getpixel((width - 37, height - 5)) == (0, 0, 255)
+
+
+@pytest.mark.parametrize(("module", "expected"), [
+    ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "input_blocks.4.1.transformer_blocks.0.attn1.to_q"),
+    ("down_blocks.2.attentions.1.transformer_blocks.9.attn2.to_out.0", "input_blocks.8.1.transformer_blocks.9.attn2.to_out.0"),
+    ("mid_block.attentions.0.transformer_blocks.3.attn1.to_k", "middle_block.1.transformer_blocks.3.attn1.to_k"),
+    ("up_blocks.0.attentions.2.transformer_blocks.0.attn2.to_v", "output_blocks.2.1.transformer_blocks.0.attn2.to_v"),
+    ("up_blocks.1.attentions.0.transformer_blocks.1.attn1.to_q", "output_blocks.3.1.transformer_blocks.1.attn1.to_q"),
+])
+def test_sdxl_unet_modules_map_to_the_layout_kohya_files_use(module, expected):
+    from engine.lora_files import _sgm_unet_module
+
+    assert _sgm_unet_module(module, layers_per_block=2) == expected

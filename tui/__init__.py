@@ -1,0 +1,1 @@
+"""likeness's terminal interface (Textual). It drives the engine; the engine never imports it."""
