@@ -28,6 +28,7 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench.train_bench
+	$(BIN)/python -m bench.prep_bench
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

@@ -55,6 +55,18 @@ def resolve_base(spec: str, settings: Settings) -> BaseModelSource:
     )
 
 
+def check_base_available(source: BaseModelSource) -> None:
+    """Fail now, not after minutes of prep, when a hub model is neither cached nor downloadable."""
+    if source.kind != "hub":
+        return
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    cached = try_to_load_from_cache(source.location, "model_index.json")
+    if HF_HUB_OFFLINE and not isinstance(cached, str):
+        raise _offline_error(source.location)
+
+
 def _offline_error(repo_id: str) -> LikenessError:
     return LikenessError(
         f"base model {repo_id} is not in the Hugging Face cache and the hub cannot be reached: "
@@ -70,7 +82,7 @@ def load_sdxl_pipeline(source: BaseModelSource, torch_dtype=None):
     quiet_libraries()
     from diffusers import StableDiffusionXLPipeline
 
-    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     try:
         if source.kind == "single_file":
             return StableDiffusionXLPipeline.from_single_file(source.location, **kwargs)

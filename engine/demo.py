@@ -31,13 +31,15 @@ def make_demo_photos(folder: Path, count: int = 8, seed: int = 0) -> list[Path]:
     from skimage import data
 
     rng = np.random.default_rng(seed)
-    portrait = Image.fromarray(data.astronaut())  # 512x512, face around (250, 130)
+    portrait = Image.fromarray(data.astronaut())  # 512 x 512
+    face_left, face_top, face_right, face_bottom = 170, 30, 320, 200  # the face, with some margin
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(count):
+        # Every crop keeps the whole face, placed differently in each, as in real photos of a person.
         size = int(rng.integers(260, 420))
-        left = int(rng.integers(60, 330 - size // 2)) if size < 500 else 0
-        top = int(rng.integers(0, max(1, 512 - size)))
+        left = int(rng.integers(max(0, face_right - size), min(face_left, 512 - size) + 1))
+        top = int(rng.integers(max(0, face_bottom - size), min(face_top, 512 - size) + 1))
         photo = portrait.crop((left, top, left + size, top + size))
         if index % 2:
             photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

@@ -24,6 +24,7 @@ class Progress:
 class SampleReady:
     step: int
     path: Path
+    identity_score: float | None = None  # mean face distance to the person; None = no face / no identity
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.errors import LikenessError
 from engine.events import EventSink, Log, Progress, Started, ignore_events
 from engine.grid import labelled_grid, save_png_atomically
+from engine.identity_scores import identity_for_dataset, score_images, score_label
 from engine.lora_files import LORA_FILENAME
 from engine.run_dir import RunDir
 from engine.settings import Settings
@@ -161,7 +162,9 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
             raise LikenessError(f"LoRA {path} does not fit base {base.spec}: {first[:200]}") from None
         adapters[step] = name
 
-    # 3. Draw every combination.
+    # 3. Draw every combination, scoring each against the person's face where the run knows it.
+    dataset = (source.run or {}).get("dataset")
+    identity = identity_for_dataset(Path(dataset)) if dataset else None
     combos = expand(axes) if axes else [{}]
     versions = library_versions()
     on_event(Started(0, len(combos)))
@@ -186,6 +189,7 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
                 width=width, height=height, generator=torch.Generator("cpu").manual_seed(params["seed"]),
             ).images[0]
         seconds = (dt.datetime.now() - started).total_seconds()
+        score = score_images(identity, [image])[0]
         sidecar = {
             "prompt": prompt, "negative_prompt": config.negative_prompt, "template": config.prompt,
             "placeholders": values, "seed": params["seed"], "generator_device": "cpu",
@@ -194,7 +198,7 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
             "width": width, "height": height, "base": base.location, "base_spec": base.spec,
             "lora": str(lora_path) if lora_path else None, "lora_scale": params["lora_scale"] if lora_path else 0.0,
             "checkpoint_step": params["step"], "torch_dtype": placement.weight_dtype, "device": placement.device,
-            "seconds": round(seconds, 3), "likeness_version": versions["likeness"],
+            "seconds": round(seconds, 3), "identity_score": score, "likeness_version": versions["likeness"],
             "diffusers_version": versions["diffusers"], "sweep": {k: v for k, v in combo.items()},
         }
         path = out / "images" / f"{index:04d}.png"
@@ -206,7 +210,7 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
         images.append(GeneratedImage(path, sidecar))
         on_event(Progress(index + 1, len(combos), None, None, seconds, seconds * (len(combos) - index - 1)))
 
-    grids = _write_grids(out, axes, images)
+    grids = _write_grids(out, axes, images, scored=identity is not None)
     for grid in grids:
         on_event(Log(f"grid: {grid}"))
     return GenerateResult(out, images, grids)
@@ -233,28 +237,30 @@ def _label(name: str, value: Any) -> str:
     return f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
 
 
-def _write_grids(out: Path, axes: dict[str, list[Any]], images: list[GeneratedImage]) -> list[Path]:
+def _write_grids(out: Path, axes: dict[str, list[Any]], images: list[GeneratedImage], scored: bool) -> list[Path]:
     """First axis across, second down; one grid per combination of any further axes."""
     from PIL import Image
 
     names = list(axes)
     col_name = names[0] if names else None
     row_name = names[1] if len(names) > 1 else None
-    pages: dict[tuple, dict[tuple, Image.Image]] = {}
+    pages: dict[tuple, dict[tuple, tuple[Image.Image, str]]] = {}
     for item in images:
         sweep = item.sidecar["sweep"]
         page_key = tuple((n, sweep[n]) for n in names[2:])
+        label = score_label(item.sidecar["identity_score"]) if scored else ""
         with Image.open(item.path) as opened:
-            pages.setdefault(page_key, {})[(sweep.get(row_name), sweep.get(col_name))] = opened.convert("RGB")
+            pages.setdefault(page_key, {})[(sweep.get(row_name), sweep.get(col_name))] = (opened.convert("RGB"), label)
     cols = axes[col_name] if col_name else [None]
     rows = axes[row_name] if row_name else [None]
     grids = []
     for page_key, cells in pages.items():
         grid = labelled_grid(
-            [[cells[(r, c)] for c in cols] for r in rows],
+            [[cells[(r, c)][0] for c in cols] for r in rows],
             [_label(row_name, r) if row_name else "" for r in rows],
             [_label(col_name, c) if col_name else "" for c in cols],
             title=", ".join(_label(n, v) for n, v in page_key) or None,
+            cell_labels=[[cells[(r, c)][1] for c in cols] for r in rows] if scored else None,
         )
         suffix = "".join(f"-{n}={v}" for n, v in page_key)
         path = out / f"grid{suffix}.png"

@@ -21,8 +21,12 @@ def labelled_grid(
     row_labels: list[str],
     column_labels: list[str],
     title: str | None = None,
+    cell_labels: list[list[str]] | None = None,
 ) -> Image.Image:
-    """Lay ``rows`` (equal-sized images) out as a grid with every row and column named."""
+    """Lay ``rows`` (equal-sized images) out as a grid with every row and column named.
+
+    ``cell_labels`` (same shape as ``rows``) are written on a strip at the foot of each image.
+    """
     if not rows or not rows[0]:
         raise ValueError("a grid needs at least one image")
     cell_w, cell_h = rows[0][0].size
@@ -49,7 +53,13 @@ def labelled_grid(
         for i, line in enumerate(wrapped_rows[r] if r < len(wrapped_rows) else []):
             draw.text((6, top + r * cell_h + 4 + i * line_h), line, fill=_INK, font=font)
         for c, image in enumerate(row):
-            canvas.paste(image.convert("RGB").resize((cell_w, cell_h)), (left + c * cell_w, top + r * cell_h))
+            x, y = left + c * cell_w, top + r * cell_h
+            canvas.paste(image.convert("RGB").resize((cell_w, cell_h)), (x, y))
+            label = cell_labels[r][c] if cell_labels else ""
+            if label:
+                small = _font(max(8, font_size - 2))
+                draw.rectangle((x, y + cell_h - font_size - 2, x + cell_w - 1, y + cell_h - 1), fill=_BACKGROUND)
+                draw.text((x + 3, y + cell_h - font_size - 1), label, fill=_INK, font=small)
     return canvas
 
 

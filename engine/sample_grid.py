@@ -50,5 +50,6 @@ def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolutio
     return rows
 
 
-def sample_grid(rows: list[list[Image.Image]], prompts: list[str], seeds: tuple[int, ...], step: int) -> Image.Image:
-    return labelled_grid(rows, prompts, [f"seed {s}" for s in seeds], title=f"step {step}")
+def sample_grid(rows: list[list[Image.Image]], prompts: list[str], seeds: tuple[int, ...], step: int,
+                cell_labels: list[list[str]] | None = None) -> Image.Image:
+    return labelled_grid(rows, prompts, [f"seed {s}" for s in seeds], title=f"step {step}", cell_labels=cell_labels)

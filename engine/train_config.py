@@ -23,8 +23,13 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data: Path = Field(description="Folder of training photos (used as they are: resized and centre-cropped).")
+    data: Path = Field(description="A prepared dataset (likeness prep) or a folder of photos.")
     out: Path = Field(description="Run directory: LoRA, checkpoints, sample grids, metrics, run.json.")
+    prep: bool = Field(
+        default=True,
+        description="Prepare a raw photo folder first (find, crop and filter the face) into RUN_DIR/dataset; "
+        "off: use the images as they are, resized and centre-cropped. A prepared dataset is used as it is.",
+    )
     base: str = Field(
         default=DEFAULT_BASE,
         description="Base model: a Hugging Face repo id, a local diffusers folder, a .safetensors file, or 'tiny'.",

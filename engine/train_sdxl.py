@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.base_models import BaseModelSource, load_sdxl_pipeline, resolve_base
+from engine.base_models import BaseModelSource, check_base_available, load_sdxl_pipeline, resolve_base
 from engine.checkpoints import load_checkpoint, save_checkpoint
 from engine.device import Placement, choose_placement, memory_kind, peak_memory_mb, reset_peak_memory
 from engine.errors import LikenessError, TrainingCancelled
@@ -24,7 +24,8 @@ from engine.events import EventSink, Log, Progress, SampleReady, Started, ignore
 from engine.grid import save_png_atomically
 from engine.images import TrainingImage, image_folder, list_image_files, load_training_images
 from engine.lora_files import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES, save_lora
-from engine.run_dir import RunDir
+from engine.identity_scores import identity_for_dataset, mean_score, score_images, score_label
+from engine.run_dir import RunDir, write_json_atomically
 from engine.sample_grid import PromptEmbeds, render_images, sample_grid
 from engine.settings import Settings
 from engine.train_config import TrainConfig
@@ -67,6 +68,11 @@ class SDXLLoRATrainer:
     # 1. Inputs are checked before anything heavy loads: a typo costs a second, not a minute.
     def check_inputs(self) -> None:
         list_image_files(image_folder(self.config.data))
+        from engine.prep import is_prepared_dataset
+
+        # A raw photo folder goes through prep first, into the run directory, unless told otherwise.
+        self.needs_prep = self.config.prep and not is_prepared_dataset(self.config.data)
+        self.dataset = self.run_dir.root / "dataset" if self.needs_prep else self.config.data
         if self.config.resume:
             if not self.run_dir.checkpoint_steps():
                 raise LikenessError(f"--resume: {self.config.out} has no checkpoint to resume from")
@@ -74,6 +80,7 @@ class SDXLLoRATrainer:
             self.run_dir.prepare_for_new_run(self.config.force)
         self.placement = choose_placement(self.config.device, self.config.mixed_precision)
         self.base = resolve_base(self.config.base, self.settings)
+        check_base_available(self.base)
 
     # 2. Load SDXL, freeze it, and add the LoRA layers that are the only thing trained.
     def load(self) -> None:
@@ -191,13 +198,17 @@ class SDXLLoRATrainer:
         started = time.perf_counter()
         if self.placement is None:
             self.check_inputs()
-        images, warnings = load_training_images(self.config.data, self.config.resolution)
+        if self.needs_prep:
+            self._prepare_dataset()
+        images, warnings = load_training_images(self.dataset, self.config.resolution)
         for warning in warnings:
             self.on_event(Log(warning))
         if self.pipe is None:
             self.load()
         config, run, placement = self.config, self.run_dir, self.placement
         run.samples.mkdir(parents=True, exist_ok=True)
+        self.identity = identity_for_dataset(self.dataset)
+        self.last_sample_score = None
         record = self._run_record(len(images), status="running")
         run.write_run(record)
         reset_peak_memory(placement)
@@ -301,16 +312,17 @@ class SDXLLoRATrainer:
                 step_times.append(seconds)
                 recent = sorted(step_times[-20:])[len(step_times[-20:]) // 2]  # median: robust to sampling pauses
                 lr = lr_scheduler.get_last_lr()[0]
-                run.append_metrics({"step": step, "loss": loss_value, "lr": lr, "seconds_per_step": seconds,
-                                    "peak_memory_mb": round(peak_memory_mb(placement), 1)})
+                row = {"step": step, "loss": loss_value, "lr": lr, "seconds_per_step": seconds,
+                       "peak_memory_mb": round(peak_memory_mb(placement), 1)}
+                if config.sample_every and (step % config.sample_every == 0 or step == config.steps):
+                    row["sample_identity_score"] = self._save_samples(step, sample_embeds)
+                run.append_metrics(row)
                 self.on_event(Progress(step, config.steps, loss_value, lr, recent, recent * (config.steps - step)))
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
                     save_checkpoint(run, step, self._lora_models(), optimizer, lr_scheduler,
                                     config.model_dump(mode="json"), rank=config.rank, alpha=config.lora_alpha,
                                     keep=config.checkpoints_keep)
                     run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
-                if config.sample_every and step % config.sample_every == 0:
-                    self._save_samples(step, sample_embeds)
                 if self.step_hook is not None:
                     self.step_hook(step)
         except BaseException as stop:
@@ -318,13 +330,12 @@ class SDXLLoRATrainer:
             run.write_run({**record, "status": status, "wall_time_s": self._wall(record, started)})
             raise
 
-        if config.sample_every and config.steps % config.sample_every:
-            self._save_samples(config.steps, sample_embeds)
         lora_path = save_lora(run.root, **self._lora_models_kw(), rank=config.rank, alpha=config.lora_alpha)
         wall = time.perf_counter() - started
         peak = peak_memory_mb(placement)
         run.write_run({**record, "status": "done", "finished_at": _now(), "steps_done": config.steps,
                        "final_loss": loss_value, "wall_time_s": self._wall(record, started),
+                       "identity_score_last_grid": self.last_sample_score,
                        "peak_memory_mb": round(peak, 1),
                        "median_seconds_per_step": (sorted(step_times)[len(step_times) // 2] if step_times else None)})
         return TrainResult(run.root, lora_path, config.steps, loss_value, wall, peak)
@@ -333,6 +344,17 @@ class SDXLLoRATrainer:
     def _wall(record: dict, started: float) -> float:
         """Wall time of the whole run, across resumes."""
         return round(record["wall_time_s_before_resume"] + time.perf_counter() - started, 2)
+
+    def _prepare_dataset(self) -> None:
+        from engine.prep import PrepConfig, is_prepared_dataset, prepare_photos
+
+        if self.config.resume and is_prepared_dataset(self.dataset):
+            return  # the interrupted run's dataset: the same images, so the same loss curve
+        self.on_event(Log(f"preparing photos from {self.config.data} into {self.dataset}"))
+        report = prepare_photos(PrepConfig(photos=self.config.data, out=self.dataset, size=self.config.resolution,
+                                           token=self.config.token, class_word=self.config.class_word,
+                                           force=True))
+        self.on_event(Log(report.summary()))
 
     def _lora_models_kw(self) -> dict:
         models = self._lora_models()
@@ -373,7 +395,8 @@ class SDXLLoRATrainer:
             text_encoder_2=None if frozen_text else self.text_encoders[1],
         )
 
-    def _save_samples(self, step: int, embeds: list[PromptEmbeds] | None) -> None:
+    def _save_samples(self, step: int, embeds: list[PromptEmbeds] | None) -> float | None:
+        """Draw, score and save the grid for ``step``; return its mean identity score."""
         prompts = self.config.sample_prompts()
         self.vae.to(self.placement.device)
         self.unet.eval()
@@ -385,9 +408,16 @@ class SDXLLoRATrainer:
         if self.config.cache_latents:
             self.vae.to("cpu")
         self.unet.train()
+        scores = [score_images(self.identity, row) for row in rows]
+        labels = [[score_label(s) for s in row] for row in scores] if self.identity is not None else None
         path = self.run_dir.sample_path(step)
-        save_png_atomically(sample_grid(rows, prompts, self.config.sample_seeds, step), path)
-        self.on_event(SampleReady(step, path))
+        save_png_atomically(sample_grid(rows, prompts, self.config.sample_seeds, step, labels), path)
+        self.last_sample_score = mean_score([s for row in scores for s in row])
+        write_json_atomically(path.with_suffix(".json"), {
+            "step": step, "prompts": prompts, "seeds": list(self.config.sample_seeds),
+            "identity_scores": scores, "identity_score_mean": self.last_sample_score})
+        self.on_event(SampleReady(step, path, self.last_sample_score))
+        return self.last_sample_score
 
     def _run_record(self, n_images: int, status: str) -> dict:
         previous = self.run_dir.read_run() or {}
@@ -397,6 +427,8 @@ class SDXLLoRATrainer:
             "status": status,
             "config": self.config.model_dump(mode="json"),
             "num_images": n_images,
+            "dataset": str(self.dataset),
+            "dataset_prepared": self.identity is not None,
             "base": self.base.to_json(),
             "where": "local",
             "device": self.placement.device,

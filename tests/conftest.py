@@ -44,6 +44,17 @@ def photos(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory, photos, home) -> Path:
+    """The demo photos through prep, once: most training tests start from a prepared dataset."""
+    from engine.prep import PrepConfig, prepare_photos
+
+    os.environ["LIKENESS_HOME"] = str(home)
+    out = tmp_path_factory.mktemp("datasets") / "astronaut"
+    prepare_photos(PrepConfig(photos=photos, out=out, size=64, workers=1))
+    return out
+
+
 def tiny_train_config(data: Path, out: Path, **overrides):
     """A run small enough for a test: 64 px, a few steps, samples and checkpoints every 3 steps."""
     from engine.train_config import TrainConfig
@@ -59,6 +70,7 @@ def tiny_train_config(data: Path, out: Path, **overrides):
 def trained_run(tmp_path_factory, photos, settings, tiny_model) -> Path:
     from engine.train_sdxl import train
 
+    # From raw photos, as a user would: the trainer runs prep into RUN_DIR/dataset first.
     out = tmp_path_factory.mktemp("runs") / "run"
     train(tiny_train_config(photos, out), settings)
     return out

@@ -23,12 +23,14 @@ def train_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """Exit 2; the error is stderr's last line and its only error line (progress lines may precede it)."""
     assert code == 2
     lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("likeness: error: ")
+    assert "Traceback" not in err
+    assert [line for line in lines if "error" in line.lower()] == lines[-1:], err
+    assert lines[-1].startswith("likeness: error: ")
     for needle in needles:
-        assert needle in lines[0], lines[0]
+        assert needle in lines[-1], lines[-1]
 
 
 def test_missing_data_dir(capsys, tmp_path):
@@ -49,7 +51,7 @@ def test_no_usable_images(capsys, tmp_path, tiny_model):
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (photos / "empty.png").write_bytes(b"")
     code, err = run_cli(capsys, *train_args(photos, tmp_path / "out"))
-    assert_one_line_error(code, err, "none of the 2 image files")
+    assert_one_line_error(code, err, "no photo was accepted out of 2")
 
 
 @pytest.mark.parametrize(("flag", "value", "needle"), [
@@ -167,3 +169,15 @@ def test_offline_hub_model_says_what_to_download(tmp_path, photos):
     assert "Traceback" not in result.stderr
     assert "hf download stabilityai/stable-diffusion-xl-base-1.0" in result.stderr
     assert result.stderr.strip().count("\n") == 0
+
+
+def test_single_file_base_that_is_not_sdxl(capsys, tmp_path, dataset):
+    import torch
+    from safetensors.torch import save_file
+
+    junk = tmp_path / "model.safetensors"
+    save_file({"not.a.unet": torch.zeros(2)}, str(junk))
+    argv = train_args(dataset, tmp_path / "out")
+    argv[argv.index("--base") + 1] = str(junk)
+    code, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, str(junk))

@@ -102,3 +102,36 @@ def test_kohya_export_loads_in_diffusers_and_draws_the_same_image(trained_run, s
                  width=s["width"], height=s["height"], generator=torch.Generator("cpu").manual_seed(s["seed"])).images[0]
     difference = np.abs(np.asarray(image, dtype=np.int16) - pixels(item.path).astype(np.int16))
     assert difference.max() <= 2  # kohya's alpha/rank scaling is the same maths in another order
+
+
+def test_run_directory_loads_by_path_in_diffusers(trained_run, tiny_model):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model)
+    pipe.load_lora_weights(str(trained_run))  # the directory itself, as other tools are pointed at it
+    assert pipe.get_list_adapters()["unet"]
+
+
+def test_generate_takes_a_kohya_style_lora_file(trained_run, settings, tmp_path):
+    from engine.lora_files import export_kohya
+
+    kohya = export_kohya(trained_run / "lora.safetensors", tmp_path / "k.safetensors", layers_per_block=2)
+    result = generate(GenerateConfig(lora=kohya, base="tiny", steps=2, width=64, sweeps={"lora_scale": [0.0, 1.0]},
+                                     out=tmp_path / "gen"), settings)
+    assert [(i.sidecar["lora"], i.sidecar["lora_scale"]) for i in result.images] == [
+        (str(kohya.resolve()), 0.0), (str(kohya.resolve()), 1.0)]
+    assert not np.array_equal(pixels(result.images[0].path), pixels(result.images[1].path))
+
+
+def test_images_are_scored_against_the_persons_face(trained_run, sweep):
+    from engine.identity_scores import identity_for_dataset, mean_score, score_images
+
+    identity = identity_for_dataset(trained_run / "dataset")
+    assert identity is not None
+    face = Image.open(sorted((trained_run / "dataset" / "images").glob("*.png"))[0]).convert("RGB")
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    face_score, noise_score = score_images(identity, [face.resize((256, 256)), noise])
+    assert face_score is not None and face_score < 0.6 and noise_score is None
+    assert mean_score([face_score, noise_score]) == pytest.approx(face_score, abs=1e-4)
+    # Every generated image carries its score (the tiny model draws noise, so: no face).
+    assert all("identity_score" in item.sidecar for item in sweep.images)

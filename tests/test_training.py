@@ -17,15 +17,25 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_run_leaves_lora_samples_metrics_and_a_full_record(trained_run, photos):
+    from engine.prep import Manifest, is_prepared_dataset
+
     run = RunDir(trained_run)
     assert run.lora.is_file()
-    assert sorted(p.name for p in run.samples.iterdir()) == ["step-000000.png", "step-000003.png", "step-000006.png"]
+    assert sorted(p.name for p in run.samples.glob("*.png")) == [
+        "step-000000.png", "step-000003.png", "step-000006.png"]
+    for grid in run.samples.glob("*.png"):
+        scores = json.loads(grid.with_suffix(".json").read_text())
+        assert len(scores["identity_scores"]) == 1 and len(scores["identity_scores"][0]) == 1
     rows = run.read_metrics()
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(set(r) >= {"loss", "lr", "seconds_per_step", "peak_memory_mb"} for r in rows)
     record = json.loads(run.run_json.read_text())
     assert record["status"] == "done"
-    assert record["num_images"] == len(list(photos.iterdir()))
+    # Raw photos went through prep into the run directory; training used what prep accepted.
+    assert record["dataset"] == str(trained_run / "dataset") and is_prepared_dataset(record["dataset"])
+    assert record["dataset_prepared"] is True
+    assert record["num_images"] == Manifest.read(trained_run / "dataset" / "manifest.json").accepted > 0
+    assert "identity_score_last_grid" in record
     assert record["config"]["rank"] == 4 and record["lora_rank"] == 4
     assert record["base"]["kind"] == "tiny"
     assert record["device"] == "cpu" and record["peak_memory_mb"] > 0 and record["wall_time_s"] > 0
@@ -50,9 +60,9 @@ def test_trained_lora_changes_the_unet(trained_run):
     assert ups and any(v.abs().max() > 0 for v in ups)
 
 
-def test_resumed_run_follows_the_uninterrupted_loss_curve(tmp_path, photos, settings, tiny_model):
+def test_resumed_run_follows_the_uninterrupted_loss_curve(tmp_path, dataset, settings, tiny_model):
     straight = tmp_path / "straight"
-    train(tiny_train_config(photos, straight, sample_every=0), settings)
+    train(tiny_train_config(dataset, straight, sample_every=0), settings)
 
     stopped = tmp_path / "stopped"
 
@@ -61,10 +71,10 @@ def test_resumed_run_follows_the_uninterrupted_loss_curve(tmp_path, photos, sett
             raise TrainingCancelled()
 
     with pytest.raises(TrainingCancelled):
-        train(tiny_train_config(photos, stopped, sample_every=0), settings, step_hook=stop_after_four)
+        train(tiny_train_config(dataset, stopped, sample_every=0), settings, step_hook=stop_after_four)
     assert RunDir(stopped).read_run()["status"] == "cancelled"
     assert RunDir(stopped).checkpoint_steps() == [3]
-    train(tiny_train_config(photos, stopped, sample_every=0, resume=True), settings)
+    train(tiny_train_config(dataset, stopped, sample_every=0, resume=True), settings)
 
     a, b = RunDir(straight).read_metrics(), RunDir(stopped).read_metrics()
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
@@ -75,11 +85,11 @@ def test_resumed_run_follows_the_uninterrupted_loss_curve(tmp_path, photos, sett
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
 
 
-def test_optimizer_state_is_8bit(tmp_path, photos, settings, tiny_model):
+def test_optimizer_state_is_8bit(tmp_path, dataset, settings, tiny_model):
     # bitsandbytes keeps tensors under 4,096 elements in 32-bit; rank 64 makes the tiny model's
     # LoRA matrices as large as that, as every SDXL-size LoRA matrix is.
     out = tmp_path / "run"
-    train(tiny_train_config(photos, out, steps=2, rank=64, checkpoint_every=1, sample_every=0), settings)
+    train(tiny_train_config(dataset, out, steps=2, rank=64, checkpoint_every=1, sample_every=0), settings)
     state = torch.load(RunDir(out).checkpoint_path(1) / "optimizer.pt", weights_only=False)["state"]
     moments = []
     for param_state in state.values():
@@ -90,9 +100,9 @@ def test_optimizer_state_is_8bit(tmp_path, photos, settings, tiny_model):
     assert all(t.dtype == torch.uint8 for t in moments)
 
 
-def test_vae_encoder_runs_once_per_image(tmp_path, photos, settings, tiny_model):
-    n_images = len(list(photos.iterdir()))
-    trainer = SDXLLoRATrainer(tiny_train_config(photos, tmp_path / "run", steps=3 * n_images, sample_every=0,
+def test_vae_encoder_runs_once_per_image(tmp_path, dataset, settings, tiny_model):
+    n_images = len(list((dataset / "images").glob("*.png")))
+    trainer = SDXLLoRATrainer(tiny_train_config(dataset, tmp_path / "run", steps=3 * n_images, sample_every=0,
                                                 checkpoint_every=0), settings)
     trainer.check_inputs()
     trainer.load()
@@ -102,9 +112,9 @@ def test_vae_encoder_runs_once_per_image(tmp_path, photos, settings, tiny_model)
     assert sum(encoded) == n_images
 
 
-def test_text_encoder_lora_and_prior_preservation_train_and_save(tmp_path, photos, settings, tiny_model):
+def test_text_encoder_lora_and_prior_preservation_train_and_save(tmp_path, dataset, settings, tiny_model):
     out = tmp_path / "run"
-    train(tiny_train_config(photos, out, steps=2, train_text_encoder=True, prior_preservation=True,
+    train(tiny_train_config(dataset, out, steps=2, train_text_encoder=True, prior_preservation=True,
                             num_class_images=2, checkpoint_every=0, sample_every=0), settings)
     keys = load_file(str(RunDir(out).lora)).keys()
     assert any(k.startswith("text_encoder.") for k in keys)
@@ -112,7 +122,7 @@ def test_text_encoder_lora_and_prior_preservation_train_and_save(tmp_path, photo
     assert len(list(settings.class_images_dir.glob("*/*.png"))) >= 2
 
 
-def test_checkpoints_keep_only_the_newest(tmp_path, photos, settings, tiny_model):
+def test_checkpoints_keep_only_the_newest(tmp_path, dataset, settings, tiny_model):
     out = tmp_path / "run"
-    train(tiny_train_config(photos, out, steps=7, checkpoint_every=2, checkpoints_keep=2, sample_every=0), settings)
+    train(tiny_train_config(dataset, out, steps=7, checkpoint_every=2, checkpoints_keep=2, sample_every=0), settings)
     assert RunDir(out).checkpoint_steps() == [4, 6]

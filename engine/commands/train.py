@@ -11,7 +11,9 @@ from engine.commands.common import add_config_flag, build_config, flag, switch
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a LoRA of one person on SDXL",
                               description="DreamBooth + LoRA training of SDXL on photos of one person.")
-    flag(p, "--data", type=Path, metavar="DIR", help="folder of photos (resized and centre-cropped as they are)")
+    flag(p, "--data", type=Path, metavar="DIR", help="a prepared dataset (likeness prep) or a folder of photos")
+    switch(p, "--prep", help="prepare a raw photo folder first into RUN_DIR/dataset (default on); "
+                             "--no-prep uses the images as they are, resized and centre-cropped")
     flag(p, "--out", type=Path, metavar="RUN_DIR", help="run directory for the LoRA, samples, checkpoints, metrics")
     flag(p, "--base", metavar="MODEL",
          help="HF repo id (default stabilityai/stable-diffusion-xl-base-1.0), diffusers folder, .safetensors, or tiny")
