@@ -22,9 +22,9 @@ from engine.device import Placement, choose_placement, memory_kind, peak_memory_
 from engine.errors import LikenessError, TrainingCancelled
 from engine.events import EventSink, Log, Progress, SampleReady, Started, ignore_events
 from engine.grid import save_png_atomically
+from engine.identity_scores import identity_for_dataset, mean_score, score_images, score_label
 from engine.images import TrainingImage, image_folder, list_image_files, load_training_images
 from engine.lora_files import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES, save_lora
-from engine.identity_scores import identity_for_dataset, mean_score, score_images, score_label
 from engine.run_dir import RunDir, write_json_atomically
 from engine.sample_grid import PromptEmbeds, render_images, sample_grid
 from engine.settings import Settings
