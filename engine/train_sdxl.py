@@ -353,7 +353,7 @@ class SDXLLoRATrainer:
         self.on_event(Log(f"preparing photos from {self.config.data} into {self.dataset}"))
         report = prepare_photos(PrepConfig(photos=self.config.data, out=self.dataset, size=self.config.resolution,
                                            token=self.config.token, class_word=self.config.class_word,
-                                           force=True))
+                                           force=True), settings=self.settings)
         self.on_event(Log(report.summary()))
 
     def _lora_models_kw(self) -> dict:

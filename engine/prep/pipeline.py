@@ -39,7 +39,8 @@ CROP_VERSION = 1
 ProgressCallback = Callable[[PrepProgress], None]
 
 
-def prepare_photos(config: PrepConfig, on_progress: ProgressCallback | None = None) -> PrepReport:
+def prepare_photos(config: PrepConfig, on_progress: ProgressCallback | None = None, *,
+                   settings: Settings | None = None) -> PrepReport:
     """Build the dataset `config.out` from the photos in `config.photos`. Never writes under PHOTOS.
 
     Raises `LikenessError` for bad paths and when no photo is accepted (nothing is written then).
@@ -51,7 +52,7 @@ def prepare_photos(config: PrepConfig, on_progress: ProgressCallback | None = No
     sources, skipped = find_photos(photos)
     if not sources:
         raise LikenessError(f"no photos found in {photos}")
-    cache = PrepCache(Settings().home / "cache" / "prep")
+    cache = PrepCache((settings or Settings()).home / "cache" / "prep")
     settings = AnalysisSettings(
         detect_size=config.detect_size,
         detector=resolve_detector(config.detector),
