@@ -7,6 +7,8 @@
 #                project's CI machines; the image passes a CUDA build and its index URL)
 #   TORCH_INDEX  optional --index-url for torch (e.g. https://download.pytorch.org/whl/cu124)
 #   EXTRAS       extras of the likeness package to install (default: test)
+#   XFORMERS_SPEC optional xformers release built for exactly that torch (the image sets it)
+#   INSTALL_MODE editable (default, for development) or package (the image: no source tree needed)
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
@@ -24,7 +26,14 @@ if [ -n "${TORCH_INDEX:-}" ]; then
 else
     pip install --quiet "$TORCH_SPEC"
 fi
-pip install --quiet -e "$here${EXTRAS:+[$EXTRAS]}"
+if [ -n "${XFORMERS_SPEC:-}" ]; then
+    pip install --quiet "$XFORMERS_SPEC" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
+fi
+if [ "${INSTALL_MODE:-editable}" = package ]; then
+    pip install --quiet --no-cache-dir "$here${EXTRAS:+[$EXTRAS]}"
+else
+    pip install --quiet -e "$here${EXTRAS:+[$EXTRAS]}"
+fi
 # face_recognition declares a dependency on `dlib`, which would compile from source for many minutes;
 # the dlib-bin wheel installed above provides the same module.
 pip install --quiet --no-deps "face-recognition==1.3.0"
