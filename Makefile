@@ -29,6 +29,7 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.train_bench
 	$(BIN)/python -m bench.prep_bench
+	$(BIN)/python -m bench.placement_bench
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

@@ -9,16 +9,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
+from types import ModuleType
 
 from engine import __version__
 from engine.errors import LikenessError
 
 # Sub-command modules, in the order `likeness --help` lists them. Each has
 # `register(subparsers)`, which adds its parser and sets `run` as the default `func`.
-COMMANDS = ("demo", "prep", "train", "generate", "export")
+COMMANDS = ("demo", "prep", "train", "generate", "export", "serve", "jobs")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra_commands: Sequence[ModuleType] = ()) -> argparse.ArgumentParser:
+    """The parser for every engine command, plus ``extra_commands`` (modules with ``register``).
+
+    The terminal UI adds its own commands this way, so the engine never imports it.
+    """
     parser = argparse.ArgumentParser(
         prog="likeness",
         description="Teach SDXL what one person looks like, then make new pictures of them.",
@@ -27,11 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"engine.commands.{name}").register(subparsers)
+    for module in extra_commands:
+        module.register(subparsers)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, extra_commands: Sequence[ModuleType] = (),
+         default_command: str | None = None) -> int:
+    parser = build_parser(extra_commands)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv and default_command is not None:
+        argv = [default_command]
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

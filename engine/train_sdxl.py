@@ -19,12 +19,13 @@ from pathlib import Path
 from engine.base_models import BaseModelSource, check_base_available, load_sdxl_pipeline, resolve_base
 from engine.checkpoints import load_checkpoint, save_checkpoint
 from engine.device import Placement, choose_placement, memory_kind, peak_memory_mb, reset_peak_memory
-from engine.errors import LikenessError, TrainingCancelled
+from engine.errors import LikenessError
 from engine.events import EventSink, Log, Progress, SampleReady, Started, ignore_events
 from engine.grid import save_png_atomically
 from engine.identity_scores import identity_for_dataset, mean_score, score_images, score_label
 from engine.images import TrainingImage, image_folder, list_image_files, load_training_images
 from engine.lora_files import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES, save_lora
+from engine.placement import out_of_memory_error, stop_status
 from engine.run_dir import RunDir, write_json_atomically
 from engine.sample_grid import PromptEmbeds, render_images, sample_grid
 from engine.settings import Settings
@@ -326,8 +327,12 @@ class SDXLLoRATrainer:
                 if self.step_hook is not None:
                     self.step_hook(step)
         except BaseException as stop:
-            status = "cancelled" if isinstance(stop, TrainingCancelled) else "interrupted"
+            status = stop_status(stop)
             run.write_run({**record, "status": status, "wall_time_s": self._wall(record, started)})
+            if status == "out_of_memory":
+                # Not a crash: say so in one line, keep the checkpoints, and offer the cloud.
+                steps = run.checkpoint_steps()
+                raise out_of_memory_error(config, placement.gpu_name, steps[-1] if steps else None) from stop
             raise
 
         lora_path = save_lora(run.root, **self._lora_models_kw(), rank=config.rank, alpha=config.lora_alpha)

@@ -162,7 +162,7 @@ def test_offline_hub_model_says_what_to_download(tmp_path, photos):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "LIKENESS_HOME": str(tmp_path / "home")}
     result = subprocess.run(
         [sys.executable, "-m", "engine", "train", "--data", str(photos), "--out", str(tmp_path / "out"),
-         "--base", "stabilityai/stable-diffusion-xl-base-1.0", "--steps", "1"],
+         "--base", "stabilityai/stable-diffusion-xl-base-1.0", "--steps", "1", "--where", "local"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert result.returncode == 2, result.stderr

@@ -46,6 +46,8 @@ def register(subparsers) -> None:
     switch(p, "--force", help="write into a folder that already holds images")
     flag(p, "--device", help="auto, cpu, cuda or cuda:N")
     flag(p, "--mixed-precision", dest="mixed_precision", choices=["auto", "no", "fp16", "bf16"], help="precision")
+    p.add_argument("--server", metavar="URL",
+                   help="submit to a running likeness service (likeness serve) and follow it; paths are the service's, relative to its LIKENESS_HOME")
     add_config_flag(p)
     p.set_defaults(func=run)
 
@@ -64,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
             raise LikenessError(f"--sweep {name} given twice")
         sweeps[name] = values
     config = build_config(GenerateConfig, args, {"sweeps": sweeps} if sweeps else None)
+    if args.server:
+        from engine.service.client import run_remote
+
+        return run_remote(args.server, "generate", config, unit="image")
     progress = TerminalProgress(unit="image")
     try:
         result = generate(config, Settings(), on_event=progress)

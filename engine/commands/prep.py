@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     flag(p, "--token", help='rare token naming the person (default "sks")')
     flag(p, "--class-word", dest="class_word", help='class noun after the token (default "person")')
     flag(p, "--workers", type=int, help="processes to use (default: every core)")
+    p.add_argument("--server", metavar="URL",
+                   help="submit to a running likeness service (likeness serve) and follow it; paths are the service's, relative to its LIKENESS_HOME")
     add_config_flag(p)
     p.set_defaults(func=run)
 
@@ -50,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     from engine.prep import PrepConfig, PrepProgress, prepare_photos
 
     config = build_config(PrepConfig, args)
+    if args.server:
+        from engine.service.client import run_remote
+
+        return run_remote(args.server, "prep", config)
     if config.reference is not None and not config.reference.exists():
         raise LikenessError(f"--reference {config.reference} does not exist")
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from engine.commands.common import add_config_flag, build_config, flag, switch
+from engine.commands.where import add_where_flags, decide_for, train_where
 
 
 def register(subparsers) -> None:
@@ -46,6 +47,9 @@ def register(subparsers) -> None:
     flag(p, "--attention", choices=["auto", "xformers", "sdpa"], help="auto = xformers when installed on CUDA")
     switch(p, "--cache-latents", help="VAE-encode each image once before the loop (default on)")
     flag(p, "--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_where_flags(p)
+    p.add_argument("--server", metavar="URL",
+                   help="submit to a running likeness service (likeness serve) and follow it; paths are the service's, relative to its LIKENESS_HOME")
     add_config_flag(p)
     p.set_defaults(func=run)
 
@@ -55,15 +59,22 @@ def run(args: argparse.Namespace) -> int:
     from engine.progress import TerminalProgress
     from engine.settings import Settings
     from engine.train_config import TrainConfig
-    from engine.train_sdxl import train
 
     for required in ("data", "out"):
         if required not in vars(args) and args.config is None:
             raise LikenessError(f"--{required} is required")
     config = build_config(TrainConfig, args)
+    if args.server:
+        from engine.service.client import run_remote
+
+        return run_remote(args.server, "train", config)
+    decision = decide_for(config, args)
+    if args.dry_run:
+        print(decision.describe())
+        return 0
     progress = TerminalProgress()
     try:
-        result = train(config, Settings(), on_event=progress)
+        result = train_where(config, decision, args, Settings(), on_event=progress)
     finally:
         progress.close()
     print(f"trained {result.steps} steps in {result.wall_time_s:.0f} s, final loss {result.final_loss:.4f}")

@@ -1,0 +1,79 @@
+"""Modal's App, Image and Volumes for likeness, all here; the functions are thin wrappers over engine.cloud.remote.
+
+Building these objects needs no network: Modal resolves them when an app runs. ``ModalCloud``
+(engine.cloud.client) runs this App ephemerally for each job, so the container always has the code of
+this checkout; the Image's dependency layers are cached by Modal and rebuilt only when they change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import modal
+
+from engine.cloud.remote import CONTAINER_ROOT
+
+APP_NAME = "likeness"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# The same CUDA build as the Docker image (Dockerfile's TORCH_SPEC / XFORMERS_SPEC): xformers wheels
+# are built for exactly one torch.
+TORCH_SPEC = "torch==2.5.1"
+XFORMERS_SPEC = "xformers==0.0.28.post3"
+TORCH_INDEX = "https://download.pytorch.org/whl/cu124"
+
+# Generous: 500 SDXL steps take ~25 min on an A10G; a retry resumes from the last checkpoint.
+TRAIN_TIMEOUT_S = 6 * 3600
+GENERATE_TIMEOUT_S = 2 * 3600
+RETRIES = modal.Retries(max_retries=2, initial_delay=10.0, backoff_coefficient=2.0)
+DEFAULT_GPU = "A10G"  # what the decorator says; each call names the placement's GPU with with_options
+
+app = modal.App(APP_NAME)
+
+image = (
+    modal.Image.debian_slim(python_version="3.11")
+    # torch first and alone, as docker/install.sh does, so nothing later pulls another build in.
+    .pip_install(TORCH_SPEC, index_url=TORCH_INDEX)
+    .pip_install(XFORMERS_SPEC, index_url=TORCH_INDEX)
+    # The project's own dependency list (read locally when the image is built): no second list to drift.
+    .pip_install_from_pyproject(str(PROJECT_ROOT / "pyproject.toml"))
+    # face_recognition asks for `dlib`, which would compile for many minutes; dlib-bin (above) provides it.
+    .pip_install("face-recognition==1.3.0", extra_options="--no-deps")
+    .env({"HF_HOME": f"{CONTAINER_ROOT}/cache/huggingface", "LIKENESS_HOME": f"{CONTAINER_ROOT}/cache/likeness"})
+    # Last, so a code change re-uploads the code and rebuilds nothing.
+    .add_local_python_source("engine")
+)
+
+datasets_volume = modal.Volume.from_name("likeness-datasets", create_if_missing=True)
+runs_volume = modal.Volume.from_name("likeness-runs", create_if_missing=True)
+cache_volume = modal.Volume.from_name("likeness-cache", create_if_missing=True)
+VOLUMES = {f"{CONTAINER_ROOT}/datasets": datasets_volume, f"{CONTAINER_ROOT}/runs": runs_volume,
+           f"{CONTAINER_ROOT}/cache": cache_volume}
+
+
+def _commit_runs() -> None:
+    # In a container, make the run folder visible to the client and to a retry now; in process
+    # (``.local()``), the folder is already the client's.
+    if not modal.is_local():
+        runs_volume.commit()
+
+
+@app.function(image=image, gpu=DEFAULT_GPU, volumes=VOLUMES, timeout=TRAIN_TIMEOUT_S, retries=RETRIES)
+def train(request: dict, events, control) -> dict:
+    """Train one LoRA (engine.train_sdxl.train) into the runs volume; ``events`` streams progress back."""
+    from engine.cloud.remote import RemoteTrainRequest, run_training
+
+    result = run_training(RemoteTrainRequest(**request), events, control, _commit_runs)
+    if not modal.is_local():
+        cache_volume.commit()  # the base model, downloaded once, for every later run
+    return result
+
+
+@app.function(image=image, gpu=DEFAULT_GPU, volumes=VOLUMES, timeout=GENERATE_TIMEOUT_S, retries=RETRIES)
+def generate(request: dict) -> dict:
+    """Generate with a run's LoRA (engine.generate.generate); the images land in the run's folder."""
+    from engine.cloud.remote import run_generation
+
+    result = run_generation(request)
+    _commit_runs()
+    return result

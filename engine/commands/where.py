@@ -1,0 +1,60 @@
+"""``likeness train``'s placement flags: --where, --gpu, --dry-run, --continue-on-modal.
+
+Only argparse and engine.placement (no torch) load when the parser is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.placement import GPU_NAMES
+
+
+def add_where_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--where", choices=["auto", "local", "modal"], default="auto",
+                        help="auto (default): this machine's GPU when the run fits it, else the cheapest Modal GPU "
+                             "that does; local; or modal")
+    parser.add_argument("--gpu", choices=GPU_NAMES, default=None, help="run on this Modal GPU (implies --where modal)")
+    parser.add_argument("--dry-run", dest="dry_run", action="store_true",
+                        help="print the decision (memory estimate, where, GPU, time and cost) and stop")
+    parser.add_argument("--continue-on-modal", dest="continue_on_modal", action="store_true",
+                        help="if a local run runs out of GPU memory, carry on on Modal from its last checkpoint")
+
+
+def decide_for(config, args: argparse.Namespace):
+    """The placement decision for ``config`` and the flags, against this machine's GPUs."""
+    from engine.base_models import resolve_base
+    from engine.placement import decide, detect_local_gpus, model_family
+    from engine.settings import Settings
+
+    if config.base != "tiny":
+        resolve_base(config.base, Settings())  # a mistyped --base is reported before anything is decided
+    # Asking CUDA loads torch (seconds); the tiny model and --device cpu stay here whatever it says.
+    look = config.device != "cpu" and model_family(config) != "tiny"
+    return decide(config, args.where, args.gpu, detect_local_gpus() if look else [])
+
+
+def train_where(config, decision, args: argparse.Namespace, settings, on_event):
+    """Train where ``decision`` says; on a local out-of-memory with --continue-on-modal, carry on in the cloud."""
+    from engine.events import Log
+    from engine.executors import choose_executor
+    from engine.placement import OutOfGpuMemory, plan_continue_on_modal
+
+    if decision.where == "modal":  # a local run says nothing extra: its errors stay one line
+        print(f"likeness: training {_summary(decision)}", file=sys.stderr)
+    try:
+        return choose_executor(decision).train(config, settings, on_event)
+    except OutOfGpuMemory as oom:
+        if not args.continue_on_modal or decision.where != "local":
+            raise
+        cloud_config, cloud = plan_continue_on_modal(config, oom.checkpoint_step, args.gpu)
+        on_event(Log(f"out of GPU memory locally; continuing {_summary(cloud)}"))
+        return choose_executor(cloud).train(cloud_config, settings, on_event)
+
+
+def _summary(decision) -> str:
+    text = f"{decision.where} on {decision.gpu or 'the CPU'}"
+    if decision.where == "modal" and decision.estimated_cost_usd is not None:
+        text += f", about {decision.estimated_seconds / 60:.0f} min and ${decision.estimated_cost_usd:.2f}"
+    return text

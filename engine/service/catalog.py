@@ -1,0 +1,159 @@
+"""What LIKENESS_HOME holds, as the service shows it: datasets/NAME, runs/NAME and their files.
+
+    LIKENESS_HOME/jobs.sqlite3   the queue        LIKENESS_HOME/logs/      one log per job
+    LIKENESS_HOME/datasets/NAME  prep's output    LIKENESS_HOME/uploads/   uploaded photos
+    LIKENESS_HOME/runs/NAME      a training run (and its generations/)
+
+Every path here comes through `security.contained`, so nothing outside a dataset or run folder
+is ever listed or served.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from engine.lora_files import LORA_FILENAME
+from engine.run_dir import RunDir
+from engine.service.errors import NotFound
+from engine.service.models import NAME_PATTERN, DatasetSummary, RunSummary
+from engine.service.security import contained
+
+DATASETS = "datasets"
+RUNS = "runs"
+UPLOADS = "uploads"
+LOGS = "logs"
+
+
+def check_name(name: str, what: str) -> str:
+    """A dataset or run name: one plain path segment, never '..', never hidden."""
+    if not re.fullmatch(NAME_PATTERN, name) or ".." in name:
+        raise NotFound(f"no {what} named {name!r}")
+    return name
+
+
+def relative(home: Path, path: Path | str) -> str:
+    """`path` as the API shows it: relative to LIKENESS_HOME when inside it."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(home.resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
+def file_url(home: Path, path: Path | str) -> str | None:
+    """The URL that serves a file of a dataset or run, or None for any other file."""
+    parts = Path(relative(home, path)).parts
+    if len(parts) >= 3 and parts[0] in (DATASETS, RUNS):
+        return f"/{parts[0]}/{quote(parts[1])}/files/" + "/".join(quote(p) for p in parts[2:])
+    return None
+
+
+def dataset_dir(home: Path, name: str) -> Path:
+    folder = home / DATASETS / check_name(name, "dataset")
+    if not (folder / "manifest.json").is_file():
+        raise NotFound(f"no dataset named {name!r}")
+    return folder
+
+
+def run_dir(home: Path, name: str) -> Path:
+    folder = home / RUNS / check_name(name, "run")
+    if not (folder / "run.json").is_file():
+        raise NotFound(f"no run named {name!r}")
+    return folder
+
+
+def dataset_file(home: Path, name: str, path: str) -> Path:
+    return _file_in(dataset_dir(home, name), path)
+
+
+def run_file(home: Path, name: str, path: str) -> Path:
+    return _file_in(run_dir(home, name), path)
+
+
+def _file_in(root: Path, path: str) -> Path:
+    target = contained(root, path)
+    if not target.is_file():
+        raise NotFound(f"no file {path!r}")
+    return target
+
+
+def list_datasets(home: Path) -> list[DatasetSummary]:
+    found = []
+    for folder in sorted((home / DATASETS).glob("*/manifest.json")):
+        root = folder.parent
+        try:
+            manifest = json.loads(folder.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a dataset being written or damaged: not listed rather than a failed list
+        report = root / "report.png"
+        found.append(DatasetSummary(
+            name=root.name, photos=str(manifest.get("photos", "")), size=int(manifest.get("size", 0)),
+            accepted=int(manifest.get("accepted", 0)), rejected=manifest.get("rejected", {}),
+            instance_prompt=str(manifest.get("instance_prompt", "")),
+            manifest_url=f"/datasets/{quote(root.name)}/manifest",
+            report_url=f"/datasets/{quote(root.name)}/report" if report.is_file() else None))
+    return found
+
+
+def dataset_manifest(home: Path, name: str) -> dict[str, Any]:
+    return json.loads((dataset_dir(home, name) / "manifest.json").read_text())
+
+
+def run_summary(home: Path, folder: Path) -> RunSummary:
+    record = RunDir(folder).read_run() or {}
+    config = record.get("config", {})
+    base = record.get("base")
+    samples = sorted((folder / "samples").glob("step-*.png"))
+    return RunSummary(
+        name=folder.name, status=record.get("status"),
+        base=base.get("spec") if isinstance(base, dict) else base,
+        steps=record.get("steps"), steps_done=record.get("steps_done"),
+        lora_rank=record.get("lora_rank"), lora_alpha=record.get("lora_alpha"),
+        lr=config.get("lr"), resolution=config.get("resolution"), batch_size=config.get("batch_size"),
+        seed=record.get("seed"), token=config.get("token"), class_word=config.get("class_word"),
+        num_images=record.get("num_images"), final_loss=record.get("final_loss"),
+        identity_score_last_grid=record.get("identity_score_last_grid"),
+        wall_time_s=record.get("wall_time_s"), median_seconds_per_step=record.get("median_seconds_per_step"),
+        peak_memory_mb=record.get("peak_memory_mb"), device=record.get("device"),
+        gpu_name=record.get("gpu_name"), precision=record.get("precision"),
+        where=record.get("where"), cost_usd=record.get("cost_usd"),
+        started_at=record.get("started_at"), finished_at=record.get("finished_at"),
+        lora_url=f"/runs/{quote(folder.name)}/lora" if (folder / LORA_FILENAME).is_file() else None,
+        latest_sample_url=file_url(home, samples[-1]) if samples else None,
+    )
+
+
+def list_runs(home: Path) -> list[RunSummary]:
+    return [run_summary(home, path.parent) for path in sorted((home / RUNS).glob("*/run.json"))]
+
+
+def run_detail(home: Path, name: str) -> dict[str, Any]:
+    """The run's summary, its whole run.json, and its sample grids, checkpoints and generations."""
+    folder = run_dir(home, name)
+    run = RunDir(folder)
+    samples = []
+    for grid in sorted(run.samples.glob("step-*.png")):
+        scores = grid.with_suffix(".json")
+        mean = None
+        if scores.is_file():
+            try:
+                mean = json.loads(scores.read_text()).get("identity_score_mean")
+            except (OSError, json.JSONDecodeError):
+                mean = None
+        samples.append({"step": int(grid.stem.removeprefix("step-")), "url": file_url(home, grid),
+                        "identity_score": mean})
+    generations = []
+    for folder_ in sorted((folder / "generations").glob("*/")):
+        generations.append({"name": folder_.name,
+                            "grids": [file_url(home, g) for g in sorted(folder_.glob("*.png"))],
+                            "images": len(list((folder_ / "images").glob("*.png")))})
+    return {"summary": run_summary(home, folder).model_dump(), "run": run.read_run(), "samples": samples,
+            "checkpoints": run.checkpoint_steps(), "generations": generations}
+
+
+def run_metrics(home: Path, name: str) -> list[dict[str, Any]]:
+    return RunDir(run_dir(home, name)).read_metrics()

@@ -1,0 +1,169 @@
+"""What the queue stores and the API speaks: jobs, their events, and the requests that make them.
+
+A job's `config` is the very typed config the CLI builds (`TrainConfig`, `GenerateConfig`,
+`PrepConfig`), stored as JSON, so a job can be run, resumed or repeated from its row alone.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.generate import GenerateConfig
+from engine.prep.config import PrepConfig
+from engine.train_config import TrainConfig
+
+JobKind = Literal["prep", "train", "generate"]
+JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+
+# Jobs that need the GPU run one at a time; prep runs beside them on the CPU.
+GPU_KINDS: tuple[JobKind, ...] = ("train", "generate")
+CPU_KINDS: tuple[JobKind, ...] = ("prep",)
+FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled", "interrupted"})
+
+EventType = Literal[
+    "queued",  # submitted, or resumed as a new attempt
+    "running",  # a worker process took it
+    "started",  # models loaded, the loop begins: first_step, total
+    "progress",  # step, total, loss, lr, seconds_per_step, eta_seconds (prep: stage too)
+    "sample_ready",  # step, path, url, identity_score
+    "log",  # message
+    "done",  # result
+    "failed",  # reason (one line), log
+    "cancelled",  # reason
+    "interrupted",  # reason
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+class JobProgress(BaseModel):
+    """The newest progress event of a job, kept on its row for lists."""
+
+    step: int
+    total: int
+    loss: float | None = None
+    seconds_per_step: float | None = None
+    eta_seconds: float | None = None
+    stage: str | None = None
+
+
+class Job(BaseModel):
+    """One unit of work: its typed config, where it is in its life, and where its files are."""
+
+    id: int = Field(description="Job id, increasing.")
+    kind: JobKind
+    state: JobState
+    config: dict[str, Any] = Field(description="The typed config (TrainConfig, GenerateConfig or PrepConfig) as JSON.")
+    run_dir: str | None = Field(description="Folder the job writes, relative to LIKENESS_HOME (runs/NAME, datasets/NAME).")
+    attempt: int = Field(description="1 for the first run; each resume adds one.")
+    created_at: str
+    queued_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = Field(default=None, description="One-line reason when failed, cancelled or interrupted.")
+    log: str | None = Field(default=None, description="The worker's log file, relative to LIKENESS_HOME.")
+    cancel_requested: bool = False
+    worker_pid: int | None = Field(default=None, description="Process id of the current attempt's worker.")
+    progress: JobProgress | None = None
+    result: dict[str, Any] | None = Field(default=None, description="What a finished job made (LoRA, images, report).")
+    last_event_id: int = Field(default=0, description="Id of the job's newest event.")
+
+
+class JobEvent(BaseModel):
+    """Something that happened to a job; ids count 1, 2, 3... per job, across attempts."""
+
+    id: int
+    job_id: int
+    type: EventType
+    time: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["train"]
+    config: TrainConfig
+
+
+class GenerateJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["generate"]
+    config: GenerateConfig
+
+
+class PrepJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["prep"]
+    config: PrepConfig
+
+
+JobRequest = Annotated[TrainJobRequest | GenerateJobRequest | PrepJobRequest, Field(discriminator="kind")]
+
+
+class DatasetRequest(BaseModel):
+    """Make datasets/NAME by running prep on photos the engine can see."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="The dataset's folder name under datasets/.")
+    photos: str = Field(min_length=1, description="Folder or .zip of photos, inside LIKENESS_HOME (relative to it).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Any other PrepConfig fields (size, framing...).")
+
+
+class DatasetSummary(BaseModel):
+    name: str
+    photos: str = Field(description="Where the photos came from.")
+    size: int = Field(description="Side of the training images in pixels.")
+    accepted: int
+    rejected: dict[str, int]
+    instance_prompt: str
+    manifest_url: str
+    report_url: str | None
+
+
+class RunSummary(BaseModel):
+    """The fields of run.json that runs are compared by."""
+
+    name: str
+    status: str | None = None
+    base: str | None = None
+    steps: int | None = None
+    steps_done: int | None = None
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lr: float | None = None
+    resolution: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    token: str | None = None
+    class_word: str | None = None
+    num_images: int | None = None
+    final_loss: float | None = None
+    identity_score_last_grid: float | None = None
+    wall_time_s: float | None = None
+    median_seconds_per_step: float | None = None
+    peak_memory_mb: float | None = None
+    device: str | None = None
+    gpu_name: str | None = None
+    precision: str | None = None
+    where: str | None = Field(default=None, description="local or modal.")
+    cost_usd: float | None = Field(default=None, description="Cloud cost of the run (GPU seconds x price); none locally.")
+    started_at: str | None = None
+    finished_at: str | None = None
+    lora_url: str | None = Field(default=None, description="Download of the final LoRA, once there is one.")
+    latest_sample_url: str | None = None
+
+
+class SystemInfo(BaseModel):
+    device: str = Field(description="cuda or cpu: where a job with device=auto runs.")
+    gpu_name: str | None = None
+    vram_free_mb: float | None = None
+    vram_total_mb: float | None = None
+    versions: dict[str, str | None]
+    modal_configured: bool = Field(description="A Modal token is there (~/.modal.toml or MODAL_TOKEN_ID).")
+    home: str = Field(description="LIKENESS_HOME on the service's side.")

@@ -1,0 +1,210 @@
+"""From a typed config sent to the service to a stored job: where its paths may point, and clashes.
+
+Paths in a submitted config are on the service's side, relative to LIKENESS_HOME, and must stay
+inside it: inputs anywhere in it, a training run at runs/NAME, a dataset at datasets/NAME,
+generations inside runs/. They are stored absolute, so the worker does not depend on its cwd.
+The checks here answer at submit time what the engine would otherwise find out minutes later
+in a worker (a missing dataset, a finished run in the way).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydantic import BaseModel
+
+from engine.generate import GenerateConfig
+from engine.prep.config import PrepConfig
+from engine.run_dir import RunDir
+from engine.service.catalog import DATASETS, RUNS, UPLOADS, check_name, relative
+from engine.service.errors import Conflict, InvalidField, TooLarge
+from engine.service.models import Job, JobKind
+from engine.service.queue import JobQueue
+from engine.train_config import TrainConfig
+
+
+def _inside(home: Path, value: Path, field: str) -> Path:
+    real_home = Path(os.path.realpath(home))
+    target = Path(os.path.realpath(value if value.is_absolute() else real_home / value))
+    if not target.is_relative_to(real_home):
+        raise InvalidField(field, f"{value} is outside LIKENESS_HOME (paths are relative to {home})")
+    return target
+
+
+def _named_folder(home: Path, value: Path, field: str, parent: str) -> Path:
+    """A path that must be exactly HOME/parent/NAME."""
+    target = _inside(home, value, field)
+    if target.parent != Path(os.path.realpath(home)) / parent or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*",
+                                                                                  target.name):
+        raise InvalidField(field, f"must be {parent}/NAME (a plain name), got {value}")
+    return target
+
+
+def _not_in_use(queue: JobQueue, run_dir: str) -> None:
+    if run_dir in queue.active_run_dirs():
+        raise Conflict(f"{run_dir} is in use by a queued or running job")
+
+
+def _not_empty(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _readable(home: Path, roots: tuple[Path, ...], value: Path, field: str) -> Path:
+    """An input prep only reads: inside LIKENESS_HOME, or inside one of the configured photo roots."""
+    if value.is_absolute():
+        target = Path(os.path.realpath(value))
+        if any(target.is_relative_to(os.path.realpath(root)) for root in roots):
+            return target
+    return _inside(home, value, field)
+
+
+def accept(kind: JobKind, config: BaseModel, home: Path, queue: JobQueue, photo_roots: tuple[Path, ...] = ()) -> Job:
+    """Check a submission, make its paths absolute, and queue it."""
+    if isinstance(config, TrainConfig):
+        stored, run_dir = _train(config, home, queue)
+    elif isinstance(config, PrepConfig):
+        stored, run_dir = _prep(config, home, queue, photo_roots)
+    else:
+        assert isinstance(config, GenerateConfig)
+        stored, run_dir = _generate(config, home)
+    return queue.submit(kind, stored.model_dump(mode="json"), run_dir)
+
+
+def _train(config: TrainConfig, home: Path, queue: JobQueue) -> tuple[TrainConfig, str]:
+    data = _inside(home, config.data, "config.data")
+    if not data.is_dir():
+        raise InvalidField("config.data", f"no dataset or photo folder at {relative(home, data)}")
+    out = _named_folder(home, config.out, "config.out", RUNS)
+    run_dir = relative(home, out)
+    _not_in_use(queue, run_dir)
+    run = RunDir(out)
+    if config.resume:
+        if not run.checkpoint_steps():
+            raise InvalidField("config.resume", f"{run_dir} has no checkpoint to resume from")
+    elif _not_empty(out) and not config.force:
+        record = run.read_run()
+        if record is None:
+            raise Conflict(f"{run_dir} holds files that are not a likeness run; choose another name")
+        if record.get("status") == "done":
+            raise Conflict(f"{run_dir} already holds a finished run; set force to overwrite it")
+        raise Conflict(f"{run_dir} holds an unfinished run; resume its job, or set resume or force")
+    return config.model_copy(update={"data": data, "out": out}), run_dir
+
+
+def _prep(config: PrepConfig, home: Path, queue: JobQueue, photo_roots: tuple[Path, ...]) -> tuple[PrepConfig, str]:
+    photos = _readable(home, photo_roots, config.photos, "config.photos")
+    if not photos.exists():
+        raise InvalidField("config.photos", f"no folder or .zip at {relative(home, photos)}")
+    update: dict[str, Any] = {"photos": photos}
+    if config.reference is not None:
+        update["reference"] = _readable(home, photo_roots, config.reference, "config.reference")
+        if not update["reference"].exists():
+            raise InvalidField("config.reference", f"no photo or folder at {relative(home, update['reference'])}")
+    out = _named_folder(home, config.out, "config.out", DATASETS)
+    run_dir = relative(home, out)
+    _not_in_use(queue, run_dir)
+    if _not_empty(out) and not config.force:
+        raise Conflict(f"{run_dir} already exists; set force to replace it")
+    return config.model_copy(update={**update, "out": out}), run_dir
+
+
+def _generate(config: GenerateConfig, home: Path) -> tuple[GenerateConfig, str]:
+    update: dict[str, Any] = {}
+    run_dir = None
+    if config.lora is not None:
+        lora = update["lora"] = _inside(home, config.lora, "config.lora")
+        if not lora.exists():
+            raise InvalidField("config.lora", f"no run or LoRA file at {relative(home, lora)}")
+        if lora.is_dir():
+            if RunDir(lora).read_run() is None:
+                raise InvalidField("config.lora", f"{relative(home, lora)} is not a run (no run.json)")
+            run_dir = relative(home, lora)
+    runs = Path(os.path.realpath(home)) / RUNS
+    if config.out is not None:
+        out = update["out"] = _inside(home, config.out, "config.out")
+        if not out.is_relative_to(runs) or out == runs:
+            raise InvalidField("config.out", f"must be inside {RUNS}/, got {config.out}")
+        run_dir = relative(home, out)
+    elif run_dir is None or not Path(home, run_dir).resolve().is_relative_to(runs):
+        raise InvalidField("config.out", f"required unless config.lora is a run in {RUNS}/")
+    return config.model_copy(update=update), run_dir
+
+
+def resume_config(job: Job, home: Path) -> dict[str, Any]:
+    """The config of a train job's next attempt: from the newest checkpoint, or over if it has none."""
+    if job.kind != "train":
+        raise Conflict(f"job {job.id} is a {job.kind} job; only train jobs resume (submit it again)")
+    config = TrainConfig.model_validate(job.config)
+    has_checkpoint = bool(RunDir(config.out).checkpoint_steps())
+    # No checkpoint yet (stopped while loading or before the first one): the same run from step 0.
+    again = config.model_copy(update={"resume": has_checkpoint, "force": not has_checkpoint})
+    return again.model_dump(mode="json")
+
+
+def store_upload(home: Path, name: str, files: list[tuple[str | None, BinaryIO]], max_files: int) -> Path:
+    """Write uploaded photos to uploads/NAME (replacing an earlier upload of that name)."""
+    check_name(name, "dataset")
+    if not files:
+        raise InvalidField("files", "no files uploaded")
+    if len(files) > max_files:
+        raise TooLarge(f"{len(files)} files uploaded; the limit is {max_files}")
+    folder = home / UPLOADS / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    used: set[str] = set()
+    for index, (filename, handle) in enumerate(files):
+        # Only the last segment of the client's name, in plain characters: never a path of theirs.
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename or "").name).lstrip(".") or f"photo-{index}"
+        if safe in used:
+            safe = f"{index}-{safe}"
+        used.add(safe)
+        with (folder / safe).open("wb") as out:
+            shutil.copyfileobj(handle, out)
+    return folder
+
+
+def _prep_config(photos: Path, name: str, options: dict[str, Any]) -> PrepConfig:
+    from pydantic import ValidationError
+
+    for reserved in ("photos", "out"):
+        if reserved in options:
+            raise InvalidField(f"options.{reserved}", "is set by the request itself")
+    try:
+        return PrepConfig(photos=photos, out=Path(DATASETS) / name, **options)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "options"
+        raise InvalidField(f"options.{field}", first["msg"].removeprefix("Value error, ")) from None
+
+
+def accept_dataset(name: str, photos: Path, options: dict[str, Any], home: Path, queue: JobQueue,
+                   photo_roots: tuple[Path, ...] = ()) -> Job:
+    """Queue prep of `photos` (inside LIKENESS_HOME or a photo root) into datasets/NAME."""
+    check_name(name, "dataset")
+    return accept("prep", _prep_config(photos, name, options), home, queue, photo_roots)
+
+
+def accept_upload(name: str, files: list[tuple[str | None, BinaryIO]], options: str | None, home: Path,
+                  queue: JobQueue, max_files: int) -> Job:
+    """Store uploaded photos in uploads/NAME, then queue their prep into datasets/NAME."""
+    import json
+
+    check_name(name, "dataset")
+    try:
+        values = json.loads(options) if options else {}
+    except json.JSONDecodeError as error:
+        raise InvalidField("options", f"not JSON: {error.msg}") from None
+    if not isinstance(values, dict):
+        raise InvalidField("options", "must be a JSON object of PrepConfig fields")
+    config = _prep_config(Path(UPLOADS) / name, name, values)
+    # The clashes are checked before the upload replaces anything of an earlier one.
+    out = home / DATASETS / name
+    _not_in_use(queue, relative(home, out))
+    if _not_empty(out) and not config.force:
+        raise Conflict(f"{DATASETS}/{name} already exists; set force in options to replace it")
+    store_upload(home, name, files, max_files)
+    return accept("prep", config, home, queue)

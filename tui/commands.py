@@ -1,0 +1,43 @@
+"""``likeness tui`` and ``likeness web``: the terminal interface, in a terminal or a browser."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tui", help="open the terminal interface (what `likeness` alone does)",
+                              description="Photos -> Train -> Live run -> Generate -> Runs, in the terminal.")
+    p.add_argument("--server", default=os.environ.get("LIKENESS_SERVER"), metavar="URL",
+                   help="engine service to use (default $LIKENESS_SERVER; else one is started on this machine)")
+    p.set_defaults(func=run_tui)
+    w = subparsers.add_parser("web", help="serve the terminal interface to a browser (textual-serve)")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    w.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    w.add_argument("--server", default=os.environ.get("LIKENESS_SERVER"), metavar="URL", help="engine service URL")
+    w.add_argument("--public-url", default=None, help="URL the browser uses, when behind a proxy")
+    w.set_defaults(func=run_web)
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    from tui.app import LikenessApp
+    from tui.engine_link import connect
+
+    link = connect(args.server)
+    try:
+        LikenessApp(link).run()
+    finally:
+        link.close()
+    return 0
+
+
+def run_web(args: argparse.Namespace) -> int:
+    from textual_serve.server import Server
+
+    command = [sys.executable, "-m", "tui", "tui"] + (["--server", args.server] if args.server else [])
+    Server(shlex.join(command), host=args.host, port=args.port, title="likeness",
+           public_url=args.public_url).serve()
+    return 0

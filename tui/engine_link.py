@@ -1,0 +1,163 @@
+"""The TUI's one door to the engine: the engine service, started here when none is given.
+
+Every method blocks; screens call them from worker threads. With no ``--server``, a local
+service is started in its own session (so a running job outlives the TUI) and remembered in
+``LIKENESS_HOME/tui-service.json`` so the next start reconnects to it. That local service may
+read photos anywhere under the user's home folder (``LIKENESS_PHOTO_ROOTS``), as a desktop
+program would; a shared or containerised service reads only what it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from engine.errors import LikenessError
+from engine.service.client import ServiceClient
+from engine.settings import Settings
+
+ENDED = {"done", "failed", "cancelled", "interrupted"}
+
+
+class EngineLink:
+    """Blocking calls to one engine service, in the words the screens use."""
+
+    def __init__(self, client: ServiceClient, process: subprocess.Popen | None = None,
+                 state_file: Path | None = None):
+        self.client = client
+        self.process = process  # the service we started, if we did
+        self.state_file = state_file
+
+    @property
+    def url(self) -> str:
+        return self.client.url
+
+    def close(self) -> None:
+        """Stop the service we started, unless a job is running (it keeps going; the next start reconnects)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            busy = any(job["state"] in ("running", "queued") for job in self.jobs())
+        except LikenessError:
+            busy = False
+        if busy:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        if self.state_file is not None:
+            self.state_file.unlink(missing_ok=True)
+
+    def system(self) -> dict:
+        return self.client.request("GET", "/system")
+
+    def jobs(self) -> list[dict]:
+        return self.client.jobs()
+
+    def cancel(self, job_id: int) -> dict:
+        return self.client.cancel(job_id)
+
+    def resume(self, job_id: int) -> int:
+        return self.client.resume(job_id)["id"]
+
+    def latest_train_job(self) -> dict | None:
+        """The train job to show on opening Live run: a running one, else the newest."""
+        trains = [job for job in self.jobs() if job["kind"] == "train"]  # newest first
+        active = [job for job in trains if job["state"] in ("running", "queued")]
+        return (active or trains or [None])[0]
+
+    def events(self, job_id: int, should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, dict]]:
+        """Every event of the job from its first, as (type, data), until it ends."""
+        for event in self.client.events(job_id):
+            if should_stop():
+                return
+            yield event["type"], event["data"]
+
+    def file_bytes(self, url: str) -> bytes:
+        return self.client.get_bytes(url)
+
+    def datasets(self) -> list[dict]:
+        return self.client.request("GET", "/datasets")
+
+    def prepare(self, name: str, photos: str, options: dict) -> int:
+        body = {"name": name, "photos": photos, "options": {**options, "force": True}}
+        return self.client.request("POST", "/datasets", body)["id"]
+
+    def dataset_manifest(self, name: str) -> dict:
+        return self.client.request("GET", f"/datasets/{name}/manifest")
+
+    def dataset_report(self, name: str) -> bytes:
+        return self.client.get_bytes(f"/datasets/{name}/report")
+
+    def runs(self) -> list[dict]:
+        return self.client.request("GET", "/runs")
+
+    def train(self, dataset: str, name: str, config: dict) -> int:
+        body = {"data": f"datasets/{dataset}", "out": f"runs/{name}", **config}
+        return self.client.submit("train", body)["id"]
+
+    def generate(self, run: str, config: dict, sweeps: list[str]) -> int:
+        from engine.sweeps import parse_sweep
+
+        axes = dict(parse_sweep(text) for text in sweeps)
+        body = {"lora": f"runs/{run}", "sweeps": axes, **{k: v for k, v in config.items() if v is not None}}
+        return self.client.submit("generate", body)["id"]
+
+    def placement_line(self, config: dict, system: dict) -> str:
+        """Where this run would go, with the estimate, time and cost (engine.placement decides)."""
+        from engine.placement import LocalGpu, decide
+        from engine.train_config import TrainConfig
+
+        local = []
+        if system.get("gpu_name") and system.get("vram_total_mb"):
+            local = [LocalGpu(0, system["gpu_name"], system["vram_total_mb"] / 1024,
+                              (system.get("vram_free_mb") or system["vram_total_mb"]) / 1024)]
+        train_config = TrainConfig(data=Path("."), out=Path("."), **config)
+        return decide(train_config, local_gpus=local).summary()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def connect(server: str | None, settings: Settings | None = None, wait_s: float = 90) -> EngineLink:
+    """Use ``server``; else the local service an earlier TUI started; else start one."""
+    settings = settings or Settings()
+    if server:
+        client = ServiceClient(server)
+        if not client.healthy():
+            raise LikenessError(f"no likeness engine answers at {server}")
+        return EngineLink(client)
+    state = settings.home / "tui-service.json"
+    if state.is_file():
+        client = ServiceClient(json.loads(state.read_text())["url"])
+        if client.healthy():
+            return EngineLink(client, state_file=state)
+    port = _free_port()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "LIKENESS_HOME": str(settings.home),
+           "LIKENESS_PHOTO_ROOTS": os.environ.get("LIKENESS_PHOTO_ROOTS", str(Path.home()))}
+    with open(settings.home / "tui-service.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(port)], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client = ServiceClient(f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LikenessError(f"the local engine exited; see {settings.home / 'tui-service.log'}")
+        if client.healthy():
+            state.write_text(json.dumps({"url": client.url, "pid": process.pid}))
+            return EngineLink(client, process, state)
+        time.sleep(0.3)
+    process.kill()
+    raise LikenessError("the local engine did not start within 90 seconds")

@@ -1,0 +1,1 @@
+"""One Screen per file; dialogs are ModalScreens that return through dismiss()."""
