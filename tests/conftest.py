@@ -9,6 +9,9 @@ import pytest
 
 # Tests never reach the model hub: a missing model must fail fast, not wait on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# pytest runs two workers on two cores, and each test may start a service and a worker process:
+# one torch thread per process keeps them from fighting over the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

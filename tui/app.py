@@ -72,9 +72,9 @@ class LikenessApp(App):
 
         self.push_screen(HelpScreen())
 
-    def watch_job(self, job_id: str) -> None:
-        """Open the Live run screen on ``job_id`` (after Train starts a run, or Resume)."""
-        self.switch_mode("live")
+    async def watch_job(self, job_id: int) -> None:
+        """Open the Live run screen on ``job_id`` (after Train starts a run)."""
+        await self.switch_mode("live")
         self.screen.follow(job_id)
 
     @on(EngineProblem)

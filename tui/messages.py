@@ -16,9 +16,6 @@ class JobEvent(Message):
     kind: str  # progress, sample_ready, log, done, failed, cancelled, interrupted, ...
     data: dict[str, Any]
 
-    def __post_init__(self) -> None:
-        super().__init__()
-
     def can_replace(self, message: Message) -> bool:
         # A flood of progress events collapses to the newest; every other event is kept.
         return (isinstance(message, JobEvent) and message.job_id == self.job_id
@@ -30,6 +27,3 @@ class EngineProblem(Message):
     """The engine could not be reached or refused a request; shown to the user as one line."""
 
     text: str
-
-    def __post_init__(self) -> None:
-        super().__init__()

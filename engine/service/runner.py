@@ -230,10 +230,18 @@ class EventRecorder:
 
 
 def _run_train(job: Job, settings: Settings, recorder: EventRecorder) -> dict[str, Any]:
+    from engine.executors import choose_executor
+    from engine.placement import decide, detect_local_gpus, model_family
     from engine.train_config import TrainConfig
-    from engine.train_sdxl import train
 
-    result = train(TrainConfig.model_validate(job.config), settings, on_event=recorder, step_hook=recorder.step_hook)
+    config = TrainConfig.model_validate(job.config)
+    # Placed as `likeness train --where auto` would: here when it fits this machine's GPU, else on
+    # the cheapest Modal GPU that fits (the TUI shows this decision before the job is submitted).
+    look = config.device != "cpu" and model_family(config) != "tiny"
+    decision = decide(config, "auto", None, detect_local_gpus() if look else [])
+    if decision.where != "local":
+        recorder(_log(f"training on {decision.where} ({decision.gpu}): {decision.reason}"))
+    result = choose_executor(decision).train(config, settings, recorder, recorder.step_hook)
     home = settings.home
     return {"run_dir": relative(home, result.run_dir), "lora": relative(home, result.lora_path),
             "lora_url": f"/runs/{result.run_dir.name}/lora", "steps": result.steps, "final_loss": result.final_loss,

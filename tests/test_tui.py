@@ -1,0 +1,126 @@
+"""The TUI driven by Pilot against a real engine service with the tiny model (no mocked engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import Button, DataTable, Input, Select, Static
+
+from engine.service.client import ServiceClient
+from tests.service_helpers import Service, make_home
+from tui.app import LikenessApp
+from tui.engine_link import EngineLink
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_model, photos):
+    home = make_home(tmp_path_factory.mktemp("tui-home"), models=tiny_model.parent)
+    service = Service(home, env={"LIKENESS_PHOTO_ROOTS": str(photos.parent)}).start()
+    yield service
+    service.stop()
+
+
+async def until(pilot, condition, timeout: float = 240, what: str = "condition") -> None:
+    """Let the app run until ``condition()`` holds; workers post their results meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pilot.app.save_screenshot(str(Path("/tmp") / "likeness-tui-timeout.svg"))
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.2)
+
+
+def text(app, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+def test_photos_to_train_to_live_run_to_generate_to_runs(service, photos):
+    app = LikenessApp(EngineLink(ServiceClient(service.url)))
+
+    async def walk() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            # Photos: prep the folder into a dataset and see what was kept.
+            await until(pilot, lambda: type(app.screen).__name__ == "PhotosScreen", what="Photos screen")
+            app.screen.query_one("#photos", Input).value = str(photos)
+            app.screen.query_one("#name", Input).value = "astronaut"
+            app.screen.query_one("#size", Input).value = "64"
+            await pilot.click("#prepare")
+            await until(pilot, lambda: "kept" in text(app, "#summary"), what="prep to finish")
+            assert "dataset 'astronaut': 4 kept" in text(app, "#summary")
+            await until(pilot, lambda: bool(app.screen.query("#sheet ImageWidget, #sheet Image")),
+                        what="the contact sheet")
+
+            # Train: a short custom run on the tiny model.
+            await pilot.press("2")
+            await until(pilot, lambda: type(app.screen).__name__ == "TrainScreen", what="Train screen")
+            screen = app.screen
+            await until(pilot, lambda: len(screen.query_one("#dataset", Select)._options) > 1, what="datasets")
+            screen.query_one("#dataset", Select).value = "astronaut"
+            screen.query_one("#preset", Select).value = "custom"
+            for field, value in {"base": "tiny", "steps": "40", "rank": "4", "resolution": "64",
+                                 "sample_every": "2", "name": "tui-run"}.items():
+                screen.query_one(f"#{field}", Input).value = value
+            await until(pilot, lambda: "needs ~" in text(app, "#placement"), what="the placement line")
+            assert "on the CPU" in text(app, "#placement")  # the tiny model stays on this machine
+            await pilot.click("#start")
+
+            # Live run: progress, then a sample grid drawn in the terminal; cancel; resume to the end.
+            await until(pilot, lambda: type(app.screen).__name__ == "LiveRunScreen", what="Live run screen")
+            live = app.screen
+            await until(pilot, lambda: len(live.grids) >= 2, what="sample grids")
+            await until(pilot, lambda: bool(live.query("#grid Image")), what="a grid on screen")
+            await pilot.press("c")
+            await until(pilot, lambda: not live.query_one("#resume", Button).disabled, what="cancel to land")
+            assert "cancelled" in text(app, "#stats")
+            first_job = live.job_id
+            await pilot.press("r")
+            await until(pilot, lambda: "done" in text(app, "#stats"), timeout=300, what="the resumed run")
+            assert live.job_id == first_job  # a resume continues the same job (its next attempt)
+            assert live.losses
+
+            # Generate: a small sweep; its grid appears and its path is shown.
+            await pilot.press("4")
+            await until(pilot, lambda: type(app.screen).__name__ == "GenerateScreen", what="Generate screen")
+            gen = app.screen
+            await until(pilot, lambda: gen.query_one("#run", Select).value == "tui-run", what="the run")
+            gen.query_one("#steps", Input).value = "2"
+            gen.query_one("#prompt", Input).value = "a photo of {token} {class_word}"
+            gen.query_one("#sweeps", Input).value = "lora_scale=0,1"
+            await pilot.click("#generate")
+            await until(pilot, lambda: gen.query_one("#grid-path", Input).value.endswith(".png"), what="the grid")
+            await until(pilot, lambda: bool(gen.query("#grid Image")), what="the grid on screen")
+
+            # Runs: the comparison table has the run; marking it shows its newest grid.
+            await pilot.press("5")
+            await until(pilot, lambda: type(app.screen).__name__ == "RunsScreen", what="Runs screen")
+            runs = app.screen
+            await until(pilot, lambda: runs.query_one("#runs", DataTable).row_count == 1, what="the runs table")
+            row = runs.query_one("#runs", DataTable).get_row_at(0)
+            assert row[0] == "tui-run" and row[2] == "40" and row[4] == "4"
+            await pilot.press("space")
+            await until(pilot, lambda: bool(runs.query("#grid-left Image")), what="the side-by-side grid")
+
+    asyncio.run(walk())
+
+
+def test_help_and_command_palette(service):
+    app = LikenessApp(EngineLink(ServiceClient(service.url)))
+
+    async def look() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("question_mark")
+            assert type(app.screen).__name__ == "HelpScreen"
+            await pilot.press("escape")
+            await pilot.press("ctrl+p")
+            await pilot.pause(0.2)
+            await pilot.press(*"go to runs")
+            await pilot.pause(0.5)
+            await pilot.press("enter")
+            await until(pilot, lambda: type(app.screen).__name__ == "RunsScreen", what="Runs via the palette")
+
+    asyncio.run(look())
