@@ -124,3 +124,35 @@ def test_help_and_command_palette(service):
             await until(pilot, lambda: type(app.screen).__name__ == "RunsScreen", what="Runs via the palette")
 
     asyncio.run(look())
+
+
+def test_event_stream_survives_an_engine_restart(tmp_path, tiny_model, dataset):
+    """The TUI's stream of a job carries on across a kill -9 and restart of the engine, missing nothing."""
+    import threading
+
+    from tests.service_helpers import make_home as home_with_dataset
+
+    home = home_with_dataset(tmp_path / "home", models=tiny_model.parent, dataset=dataset)
+    service = Service(home).start()
+    job = service.submit("train", {"data": "datasets/astronaut", "out": "runs/r", "base": "tiny", "steps": 400,
+                                   "resolution": 64, "rank": 4, "sample_every": 0, "checkpoint_every": 0})
+    link = EngineLink(ServiceClient(service.url))
+    seen: list[tuple[str, dict]] = []
+    reader = threading.Thread(target=lambda: seen.extend(link.events(job["id"])), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any(kind == "progress" for kind, _ in seen):
+            assert time.monotonic() < deadline, "no progress before the kill"
+            time.sleep(0.2)
+        service.kill()
+        time.sleep(3)  # the engine is away for a while; the stream keeps trying
+        service.start()  # same port: what a restarted container looks like to the TUI
+        reader.join(timeout=120)
+        assert not reader.is_alive(), "the stream did not end after the restart"
+    finally:
+        service.stop()
+    kinds = [kind for kind, _ in seen]
+    assert kinds[-1] == "interrupted"  # the restarted engine marks the job, and the stream delivers it
+    steps = [data["step"] for kind, data in seen if kind == "progress"]
+    assert steps == sorted(set(steps)), "an event was repeated across the reconnect"

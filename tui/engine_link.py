@@ -75,8 +75,13 @@ class EngineLink:
         return (active or trains or [None])[0]
 
     def events(self, job_id: int, should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, dict]]:
-        """Every event of the job from its first, as (type, data), until it ends."""
-        for event in self.client.events(job_id):
+        """Every event of the job from its first, as (type, data), until it ends.
+
+        However long the engine is away (a restart, a container coming back), this keeps trying and
+        carries on from the last event it saw, so the screen misses nothing and repeats nothing.
+        """
+        # The client reconnects with Last-Event-ID after each lost connection; here, without giving up.
+        for event in self.client.events(job_id, retries=sys.maxsize):
             if should_stop():
                 return
             yield event["type"], event["data"]

@@ -101,7 +101,12 @@ class ServiceClient:
                     for event in _parse_sse(response):
                         last_event_id = event["id"]
                         yield event
-                return  # the service closed the stream: the job has ended
+                # The service closes a stream once the job has ended and every event is sent; a stream
+                # cut short (the service died) looks the same from here, so ask the job itself.
+                job = self.request("GET", f"/jobs/{job_id}")
+                if job["state"] in FINAL_EVENTS and job["last_event_id"] <= last_event_id:
+                    return
+                raise ConnectionError("the event stream ended before the job did")
             except (Unreachable, OSError, http.client.HTTPException) as error:
                 failures += 1
                 if failures > retries:

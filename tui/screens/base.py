@@ -30,6 +30,12 @@ class EngineScreen(Screen):
     def link(self):
         return self.app.link
 
+    def on_screen_resume(self) -> None:
+        """Each time the screen is shown, fetch what may have changed meanwhile (runs, datasets)."""
+        refresh = getattr(self, "action_refresh", None)
+        if refresh is not None:
+            refresh()
+
     @work(thread=True, exit_on_error=False, group="engine-call")
     def call_engine(self, function: Callable[[], Any], then: Callable[[Any], None]) -> None:
         """Run ``function`` in a thread; hand its result to ``then`` on the UI thread."""

@@ -50,12 +50,6 @@ class GenerateScreen(EngineScreen):
         yield Picture("the grid appears here when it is done", id="grid")
         yield from self.compose_footer()
 
-    def on_mount(self) -> None:
-        self.action_refresh()
-
-    def on_screen_resume(self) -> None:
-        self.action_refresh()
-
     def action_refresh(self) -> None:
         self.call_engine(self.link.runs, self._show_runs)
         self.call_engine(self.link.system, lambda system: setattr(self, "engine_home", system.get("home")))

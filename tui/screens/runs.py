@@ -50,10 +50,6 @@ class RunsScreen(EngineScreen):
 
     def on_mount(self) -> None:
         self.query_one("#runs", DataTable).add_columns(*COLUMNS)
-        self.action_refresh()
-
-    def on_screen_resume(self) -> None:
-        self.action_refresh()
 
     def action_refresh(self) -> None:
         self.call_engine(self.link.runs, self._show)

@@ -58,12 +58,6 @@ class TrainScreen(EngineScreen):
                 yield Button("Start training", variant="primary", id="start")
         yield from self.compose_footer()
 
-    def on_mount(self) -> None:
-        self.action_refresh()
-
-    def on_screen_resume(self) -> None:
-        self.action_refresh()
-
     def action_refresh(self) -> None:
         self.call_engine(self.link.datasets, self._show_datasets)
         self.call_engine(self.link.system, self._show_system)
