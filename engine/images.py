@@ -26,9 +26,10 @@ def image_folder(data: Path) -> Path:
         raise LikenessError(f"--data {data} does not exist")
     if not data.is_dir():
         raise LikenessError(f"--data {data} is not a folder")
-    if (data / "manifest.json").is_file() and (data / "images").is_dir():
-        return data / "images"
-    return data
+    from engine.prep import is_prepared_dataset
+
+    # One definition of "a prepared dataset" for the trainer and prep alike.
+    return data / "images" if is_prepared_dataset(data) else data
 
 
 def list_image_files(folder: Path) -> list[Path]:
