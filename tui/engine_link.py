@@ -22,8 +22,6 @@ from engine.errors import LikenessError
 from engine.service.client import ServiceClient
 from engine.settings import Settings
 
-ENDED = {"done", "failed", "cancelled", "interrupted"}
-
 
 class EngineLink:
     """Blocking calls to one engine service, in the words the screens use."""
@@ -33,10 +31,6 @@ class EngineLink:
         self.client = client
         self.process = process  # the service we started, if we did
         self.state_file = state_file
-
-    @property
-    def url(self) -> str:
-        return self.client.url
 
     def close(self) -> None:
         """Stop the service we started, unless a job is running (it keeps going; the next start reconnects)."""
