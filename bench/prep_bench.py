@@ -14,6 +14,8 @@ import argparse
 import json
 import os
 import platform
+import resource
+import statistics
 import tempfile
 import time
 from datetime import datetime
@@ -50,6 +52,50 @@ def make_photo(index: int, size: tuple[int, int], rng: np.random.Generator) -> I
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the prep pool's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def stage_milliseconds(paths: list[Path], size: int) -> dict[str, float]:
+    """Median milliseconds of each step of one photo's analysis and crop, run inline."""
+    import io
+
+    from engine.prep.analysis import PNG_SAVE_OPTIONS
+    from engine.prep.config import FRAMING_FACE_FRACTION, FRAMING_VERTICAL_OFFSET, PrepConfig
+    from engine.prep.cropping import face_crop_box, render_crop, scale_box
+    from engine.prep.faces import detection_copy, encode_faces, find_faces
+    from engine.prep.loading import decode_photo
+
+    defaults = PrepConfig(photos=Path("."), out=Path("."))
+    detect_size, max_pixels = defaults.detect_size, defaults.max_pixels
+    times: dict[str, list[float]] = {}
+
+    def timed(stage: str, work):  # noqa: ANN001, ANN202
+        started = time.perf_counter()
+        result = work()
+        times.setdefault(stage, []).append((time.perf_counter() - started) * 1000)
+        return result
+
+    find_faces(Image.new("RGB", (64, 64)), detect_size=detect_size, detector="hog")  # load dlib's models
+    for path in paths:
+        data = path.read_bytes()
+        decoded = timed("decode for detection", lambda: decode_photo(data, max_pixels=max_pixels, min_long_side=960))
+        copy = detection_copy(decoded.image, detect_size)
+        boxes = timed("find faces (HOG)", lambda: find_faces(copy, detect_size=detect_size, detector="hog"))
+        timed("encode faces", lambda: encode_faces(copy, boxes))
+        if not boxes:
+            continue
+        box = scale_box(boxes[0], decoded.full_size[0] / copy.width)
+        crop_box = face_crop_box(box, decoded.full_size, FRAMING_FACE_FRACTION["face"], FRAMING_VERTICAL_OFFSET["face"])
+        needed = round(max(decoded.full_size) * min(1.0, size / (crop_box[2] - crop_box[0])))
+        full = timed("decode for crop", lambda: decode_photo(data, max_pixels=max_pixels, min_long_side=needed))
+        crop = timed("crop and resize", lambda: render_crop(full.image, scale_box(crop_box, full.scale), size))
+        timed("save PNG", lambda: crop.save(io.BytesIO(), "PNG", **PNG_SAVE_OPTIONS))
+    return {stage: round(statistics.median(values), 1) for stage, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=48, help="synthetic photos to prepare (default 48)")
@@ -73,9 +119,12 @@ def main() -> None:
         print(f"made {args.count} photos of {args.width}x{args.height} in {time.perf_counter() - made:.1f} s")
 
         config = PrepConfig(photos=photos, out=root / "dataset", size=args.size, workers=args.workers, force=True)
+        cpu_before = cpu_seconds()
         cold = prepare_photos(config)
+        cold_cpu = cpu_seconds() - cpu_before
         print(cold.summary())
         warm = prepare_photos(config)
+        stages = stage_milliseconds(sorted(photos.iterdir())[:8], args.size)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     result = {
@@ -95,6 +144,11 @@ def main() -> None:
         "warm_seconds": round(warm.seconds, 2),
         "warm_images_per_second": round(warm.images_per_second, 2),
         "projected_seconds_for_1559": round(LIBRARY_SIZE / cold.images_per_second, 1),
+        # Every process's CPU time (workers' start-up included) over the photos: what the
+        # projection for two whole cores rests on, whatever this machine's cores deliver.
+        "cold_cpu_seconds_per_photo": round(cold_cpu / args.count, 3),
+        "projected_seconds_for_1559_on_2_whole_cores": round(LIBRARY_SIZE * cold_cpu / args.count / 2, 1),
+        "stage_median_ms": stages,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"prep-{datetime.now():%Y%m%d-%H%M%S}.json"
@@ -104,6 +158,11 @@ def main() -> None:
         f"at this rate {LIBRARY_SIZE} photos take {result['projected_seconds_for_1559'] / 60:.1f} min "
         f"({result['workers']} workers on {cores} cores)"
     )
+    print(
+        f"{result['cold_cpu_seconds_per_photo']} CPU-s per photo: {LIBRARY_SIZE} photos on 2 whole cores "
+        f"take {result['projected_seconds_for_1559_on_2_whole_cores'] / 60:.1f} min"
+    )
+    print("median ms per photo: " + ", ".join(f"{stage} {ms}" for stage, ms in stages.items()))
     print(f"saved {path}")
 
 

@@ -18,7 +18,7 @@ the estimate's error against those figures and against any SDXL-size measurement
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from engine.errors import LikenessError
 
@@ -56,6 +56,8 @@ MODAL_GPUS: tuple[GpuOffer, ...] = (
     GpuOffer("H100", 79.6, 0.001097, 3.5),
 )
 GPU_NAMES = tuple(gpu.name for gpu in MODAL_GPUS)
+GpuName = Literal["A10G", "L40S", "A100-40GB", "A100-80GB", "H100"]
+assert GPU_NAMES == get_args(GpuName), "GpuName must list MODAL_GPUS"
 
 
 def modal_gpu(name: str) -> GpuOffer:
@@ -341,8 +343,11 @@ class OutOfGpuMemory(LikenessError):
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """True for torch's CUDA out-of-memory error (by name, so torch need not be imported here)."""
-    return type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error)
+    """True for torch's CUDA out-of-memory error, and for its CPU allocator's (a run on the CPU
+    that outgrows RAM); by name and message, so torch need not be imported here."""
+    message = str(error)
+    return (type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in message
+            or "DefaultCPUAllocator: can't allocate memory" in message)
 
 
 def stop_status(error: BaseException) -> str:
@@ -363,7 +368,7 @@ def out_of_memory_error(config: TrainConfig, gpu_name: str | None, checkpoint_st
     kept = (f"the checkpoint at step {checkpoint_step} is kept" if checkpoint_step is not None
             else "no checkpoint was written yet")
     return OutOfGpuMemory(
-        f"ran out of GPU memory{where} ({kept}); continue on a cloud GPU with "
+        f"ran out of {'GPU ' if gpu_name else ''}memory{where} ({kept}); continue on a cloud GPU with "
         f"`likeness train --data {config.data} --out {config.out} {carry_on} --where modal`, "
         "or pass --continue-on-modal next time",
         config.out, checkpoint_step)
@@ -373,5 +378,11 @@ def plan_continue_on_modal(config: TrainConfig, checkpoint_step: int | None,
                            gpu: str | None = None) -> tuple[TrainConfig, Decision]:
     """After a local OOM: the config that carries on in the cloud (from the checkpoint, if any) and where."""
     resume = checkpoint_step is not None
-    cloud_config = config.model_copy(update={"resume": resume, "force": not resume})
+    cloud_config = for_the_cloud(config.model_copy(update={"resume": resume, "force": not resume}))
     return cloud_config, decide(cloud_config, "modal", gpu)
+
+
+def for_the_cloud(config: TrainConfig) -> TrainConfig:
+    """``config`` for an attempt on a cloud GPU: a run pinned to this machine's CPU (that ran out of
+    RAM) takes the cloud's CUDA device instead; everything else is unchanged."""
+    return config.model_copy(update={"device": "auto"}) if config.device == "cpu" else config

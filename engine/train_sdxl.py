@@ -214,40 +214,41 @@ class SDXLLoRATrainer:
         run.write_run(record)
         reset_peak_memory(placement)
 
-        noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
-        instance = None if config.train_text_encoder else self.encode_prompt(config.instance_prompt)
-        latent_mean, latent_std = self.cache_latents(images) if config.cache_latents else (None, None)
-        time_ids = torch.stack([self._time_ids(im) for im in images])
-        prior = self._prior_batch(noise_scheduler) if config.prior_preservation else None
-        sample_embeds = (None if config.train_text_encoder
-                         else [self.encode_prompt(p) for p in config.sample_prompts()])
-        if not config.train_text_encoder:
-            # Everything the encoders had to say is cached: free their memory for the UNet.
-            for encoder in self.text_encoders:
-                encoder.to("cpu")
-        if config.cache_latents:
-            self.vae.to("cpu")
-        if placement.is_cuda:
-            torch.cuda.empty_cache()
-
-        optimizer = self._optimizer()
-        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
-                                     num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.steps)
-        first_step = 0
-        if config.resume:
-            last = run.checkpoint_steps()[-1]
-            first_step = load_checkpoint(run.checkpoint_path(last), self._lora_models(), optimizer, lr_scheduler)
-            run.truncate_metrics(first_step)
-            self.on_event(Log(f"resumed from checkpoint at step {first_step}"))
-        self.on_event(Started(first_step, config.steps))
-        if config.sample_every and first_step == 0:
-            self._save_samples(0, sample_embeds)
-
-        scaling = self.vae.config.scaling_factor
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        n_images, loss_value, step_times = len(images), None, []
-        self.unet.train()
+        # Caching latents and embeddings can run out of memory as surely as a step can.
         try:
+            noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+            instance = None if config.train_text_encoder else self.encode_prompt(config.instance_prompt)
+            latent_mean, latent_std = self.cache_latents(images) if config.cache_latents else (None, None)
+            time_ids = torch.stack([self._time_ids(im) for im in images])
+            prior = self._prior_batch(noise_scheduler) if config.prior_preservation else None
+            sample_embeds = (None if config.train_text_encoder
+                             else [self.encode_prompt(p) for p in config.sample_prompts()])
+            if not config.train_text_encoder:
+                # Everything the encoders had to say is cached: free their memory for the UNet.
+                for encoder in self.text_encoders:
+                    encoder.to("cpu")
+            if config.cache_latents:
+                self.vae.to("cpu")
+            if placement.is_cuda:
+                torch.cuda.empty_cache()
+
+            optimizer = self._optimizer()
+            lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
+                                         num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.steps)
+            first_step = 0
+            if config.resume:
+                last = run.checkpoint_steps()[-1]
+                first_step = load_checkpoint(run.checkpoint_path(last), self._lora_models(), optimizer, lr_scheduler)
+                run.truncate_metrics(first_step)
+                self.on_event(Log(f"resumed from checkpoint at step {first_step}"))
+            self.on_event(Started(first_step, config.steps))
+            if config.sample_every and first_step == 0:
+                self._save_samples(0, sample_embeds)
+
+            scaling = self.vae.config.scaling_factor
+            shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+            n_images, loss_value, step_times = len(images), None, []
+            self.unet.train()
             for step in range(first_step + 1, config.steps + 1):
                 t0 = time.perf_counter()
                 gen = _step_generator(config.seed, step)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -33,9 +34,13 @@ def make_home(root: Path, models: Path | None = None, dataset: Path | None = Non
 class Service:
     """`python -m engine serve` for one LIKENESS_HOME; start, kill -9, restart."""
 
-    def __init__(self, home: Path, token: str | None = None, env: dict[str, str] | None = None):
+    def __init__(self, home: Path, token: str | None = None, env: dict[str, str] | None = None,
+                 memory_limit: int | None = None):
         self.home = home
         self.token = token
+        # An address-space cap the service's workers inherit: a real out-of-memory on a machine
+        # without a GPU (torch's CPU allocator fails as CUDA's would on a small card).
+        self.memory_limit = memory_limit
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "LIKENESS_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})}
@@ -48,8 +53,14 @@ class Service:
 
     def start(self) -> Service:
         log = (self.home / "service.log").open("ab")
+        limit = self.memory_limit
+
+        def cap_memory() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
         self.process = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(self.port)],
-                                        env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                                        env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        preexec_fn=cap_memory if limit else None)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

@@ -160,3 +160,6 @@ def test_continuing_on_modal_resumes_from_the_checkpoint_or_starts_over():
     assert resumed.resume and not resumed.force and where.where == "modal"
     fresh, _ = plan_continue_on_modal(config(), None)
     assert fresh.force and not fresh.resume
+    # A CPU run that outgrew this machine's RAM takes the cloud's GPU.
+    from_cpu, where = plan_continue_on_modal(config(device="cpu"), 10)
+    assert from_cpu.device == "auto" and where.where == "modal"

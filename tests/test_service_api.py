@@ -90,6 +90,10 @@ def test_unknown_jobs_and_finished_runs(service):
     assert service.get("/jobs/999").status_code == 404
     assert service.post("/jobs/999/cancel").status_code == 404
     assert service.post("/jobs/999/resume").status_code == 404
+    # --gpu names a Modal GPU: it cannot go with where=local, and only Modal's GPUs are names.
+    for body in ({"where": "local", "gpu": "A10G"}, {"where": "moon"}, {"gpu": "RTX 4090"}, {"colour": "red"}):
+        answer = service.post("/jobs/1/resume", json=body)
+        assert answer.status_code == 422 and "\n" not in answer.json()["detail"], (body, answer.text)
     assert service.get("/jobs/999/events").status_code == 404
     assert service.get("/jobs/1/events", headers={"Last-Event-ID": "x"}).status_code in (400, 404)
     # runs/r already holds a finished run: overwriting it needs force.

@@ -154,3 +154,34 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ")[-1][0] != "Z"  # a zombie has exited
     except OSError:
         return False
+
+
+def test_a_queue_from_before_placement_keeps_its_jobs_and_learns_where_they_run(tmp_path):
+    """Schema 1 had no placement columns: opening it migrates in place, and a resume can move a job."""
+    import sqlite3
+
+    from engine.service.sqlite_queue import SqliteJobQueue
+
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, state TEXT NOT NULL,
+                config TEXT NOT NULL, run_dir TEXT, attempt INTEGER NOT NULL DEFAULT 1, created_at TEXT NOT NULL,
+                queued_at TEXT NOT NULL, started_at TEXT, finished_at TEXT, error TEXT, log TEXT,
+                cancel_requested INTEGER NOT NULL DEFAULT 0, worker_pid INTEGER, progress TEXT, result TEXT,
+                last_event_id INTEGER NOT NULL DEFAULT 0);
+            CREATE TABLE events (job_id INTEGER NOT NULL REFERENCES jobs (id), id INTEGER NOT NULL,
+                type TEXT NOT NULL, time TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job_id, id));
+            INSERT INTO jobs (kind, state, config, run_dir, created_at, queued_at, error)
+                VALUES ('train', 'failed', '{"steps": 5}', 'runs/old', 't0', 't0', 'ran out of GPU memory');
+            PRAGMA user_version=1;
+        """)
+    queue = SqliteJobQueue(path)
+    old = queue.get(1)
+    assert (old.where, old.gpu, old.config, old.error) == ("auto", None, {"steps": 5}, "ran out of GPU memory")
+    moved = queue.requeue(1, {"steps": 5, "resume": True}, where="modal", gpu="A100-40GB")
+    assert (moved.state, moved.attempt, moved.where, moved.gpu) == ("queued", 2, "modal", "A100-40GB")
+    assert queue.events(1)[-1].data == {"attempt": 2, "resume": True, "where": "modal"}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert SqliteJobQueue(path).get(1).where == "modal"  # opening a migrated queue again changes nothing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -156,3 +157,51 @@ def test_event_stream_survives_an_engine_restart(tmp_path, tiny_model, dataset):
     assert kinds[-1] == "interrupted"  # the restarted engine marks the job, and the stream delivers it
     steps = [data["step"] for kind, data in seen if kind == "progress"]
     assert steps == sorted(set(steps)), "an event was repeated across the reconnect"
+
+
+def test_out_of_memory_offers_to_continue_on_modal(tmp_path, tiny_model, dataset):
+    """A run that outgrows this machine's memory stops cleanly; the button moves it to a cloud GPU.
+
+    The engine's workers get a 3 GiB address-space cap, so training at 2048 px runs out of memory for
+    real. Modal itself is unreachable here: the cloud attempt must get as far as Modal's one-line
+    "no token" error, placed on Modal's cheapest GPU.
+    """
+    home = make_home(tmp_path / "home", models=tiny_model.parent, dataset=dataset)
+    service = Service(home, memory_limit=3 * 2**30,
+                      env={"MODAL_CONFIG_PATH": str(tmp_path / "no-modal.toml"), "MODAL_TOKEN_ID": "",
+                           "MODAL_TOKEN_SECRET": ""}).start()
+    job = service.submit("train", {"data": "datasets/astronaut", "out": "runs/big", "base": "tiny", "steps": 4,
+                                   "resolution": 2048, "rank": 4, "sample_every": 0, "device": "cpu"})
+    client = ServiceClient(service.url)
+    app = LikenessApp(EngineLink(client))
+
+    async def walk() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("3")
+            await until(pilot, lambda: type(app.screen).__name__ == "LiveRunScreen", what="Live run screen")
+            live = app.screen
+            modal = live.query_one("#modal", Button)
+            assert not modal.display  # nothing to offer while the run is fine
+            await until(pilot, lambda: "ran out of memory" in text(app, "#stats"), timeout=180,
+                        what="the out-of-memory stop")
+            assert modal.display and not modal.disabled
+            await pilot.press("m")
+            await until(pilot, lambda: client.request("GET", f"/jobs/{job['id']}")["attempt"] == 2,
+                        what="the cloud attempt")
+            await until(pilot, lambda: "modal token new" in text(app, "#stats"), timeout=120,
+                        what="the cloud attempt to end")
+            assert not modal.display
+
+    try:
+        asyncio.run(walk())
+        again = service.get(f"/jobs/{job['id']}").json()
+        events = service.events(job["id"])
+    finally:
+        service.stop()
+    assert again["where"] == "modal" and again["state"] == "failed" and again["attempt"] == 2
+    assert again["error"] == "no Modal token on this machine: run `modal token new`"
+    out_of_memory = next(e for e in events if e["type"] == "failed")
+    assert out_of_memory["data"]["out_of_memory"] is True and out_of_memory["data"]["checkpoint_step"] is None
+    assert any(e["type"] == "log" and e["data"]["message"].startswith("training on modal (A10G)") for e in events)
+    run = json.loads((home / "runs" / "big" / "run.json").read_text())
+    assert run["status"] == "out_of_memory"  # the local attempt's record; the cloud one never started

@@ -59,8 +59,9 @@ class EngineLink:
     def cancel(self, job_id: int) -> dict:
         return self.client.cancel(job_id)
 
-    def resume(self, job_id: int) -> int:
-        return self.client.resume(job_id)["id"]
+    def resume(self, job_id: int, where: str | None = None) -> int:
+        """Queue the job's next attempt (`where="modal"`: on a cloud GPU); its id."""
+        return self.client.resume(job_id, where)["id"]
 
     def latest_train_job(self) -> dict | None:
         """The train job to show on opening Live run: a running one, else the newest."""

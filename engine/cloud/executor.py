@@ -70,16 +70,15 @@ class ModalExecutor(Executor):
         # 1. What can be checked here is checked here: a typo costs a second, not a container start.
         list_image_files(image_folder(config.data))
         run = RunDir(config.out)
-        if config.resume:
-            if not run.checkpoint_steps():
-                raise LikenessError(f"--resume: {config.out} has no checkpoint to resume from")
-        else:
-            run.prepare_for_new_run(config.force)
+        if config.resume and not run.checkpoint_steps():
+            raise LikenessError(f"--resume: {config.out} has no checkpoint to resume from")
         source = resolve_base(config.base, settings)
         if source.kind in ("folder", "single_file"):
             raise LikenessError(f"--base {config.base} is on this machine, where a Modal run cannot see it: "
                                 "give a Hugging Face repo id, or train with --where local")
-        client = self.client
+        client = self.client  # Modal installed, a token: before anything in the run folder is replaced
+        if not config.resume:
+            run.prepare_for_new_run(config.force)
 
         # 2. The dataset, once per content.
         key = dataset_key(config.data)

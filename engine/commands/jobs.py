@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.placement import GPU_NAMES
+
 
 def _server_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", metavar="URL",
@@ -27,11 +29,14 @@ def register(subparsers) -> None:
     _server_flag(p)
     p.set_defaults(func=cancel)
 
-    p = subparsers.add_parser("resume", help="resume an interrupted or cancelled train job",
+    p = subparsers.add_parser("resume", help="resume an interrupted, cancelled or failed train job",
                               description="A new attempt of the job from its newest checkpoint, in the same run "
                                           "directory, continuing the same loss curve; follows it like train does.")
     p.add_argument("job_id", type=int, metavar="ID")
     _server_flag(p)
+    p.add_argument("--where", choices=("auto", "local", "modal"),
+                   help="run this attempt there instead (modal: carry on after running out of GPU memory)")
+    p.add_argument("--gpu", choices=GPU_NAMES, help="Modal GPU for this attempt (default: the cheapest that fits)")
     p.add_argument("--no-follow", dest="follow", action="store_false", help="return once it is queued")
     p.set_defaults(func=resume)
 
@@ -73,7 +78,7 @@ def resume(args: argparse.Namespace) -> int:
     from engine.service.client import follow_to_end
 
     client = _client(args)
-    job = client.resume(args.job_id)
+    job = client.resume(args.job_id, args.where, args.gpu)
     print(f"job {job['id']}: attempt {job['attempt']} queued", flush=True)
     if not args.follow:
         return 0

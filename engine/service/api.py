@@ -34,8 +34,10 @@ from engine.service.models import (
     JobKind,
     JobRequest,
     JobState,
+    ResumeRequest,
     RunSummary,
     SystemInfo,
+    TrainJobRequest,
 )
 from engine.service.runner import JobRunner
 from engine.service.security import BodyTooLarge, Guard
@@ -98,7 +100,8 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
     @app.post("/jobs", status_code=201, tags=["jobs"])
     def submit_job(request: JobRequest) -> Job:
         """Queue a prep, train or generate job with its typed config."""
-        job = submission.accept(request.kind, request.config, home, queue, config.photo_root_paths)
+        placement = (request.where, request.gpu) if isinstance(request, TrainJobRequest) else ("auto", None)
+        job = submission.accept(request.kind, request.config, home, queue, config.photo_root_paths, *placement)
         runner.wake()
         return job
 
@@ -117,13 +120,17 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
         return queue.request_cancel(job_id)
 
     @app.post("/jobs/{job_id}/resume", tags=["jobs"])
-    def resume_job(job_id: JobId) -> Job:
-        """A new attempt of an interrupted, cancelled or failed train job, from its newest checkpoint."""
+    def resume_job(job_id: JobId, request: ResumeRequest | None = None) -> Job:
+        """A new attempt of an interrupted, cancelled or failed train job, from its newest checkpoint.
+
+        The body may move it: `{"where": "modal"}` carries a run that ran out of GPU memory here on
+        to a cloud GPU."""
+        request = request or ResumeRequest()
         job = queue.get(job_id)
-        config = submission.resume_config(job, home)
+        config = submission.resume_config(job, home, request.where)
         if job.run_dir in queue.active_run_dirs():
             raise Conflict(f"{job.run_dir} is in use by another queued or running job")
-        job = queue.requeue(job_id, config)
+        job = queue.requeue(job_id, config, request.where, request.gpu)
         runner.wake()
         return job
 

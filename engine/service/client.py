@@ -87,8 +87,10 @@ class ServiceClient:
     def cancel(self, job_id: int) -> dict[str, Any]:
         return self.request("POST", f"/jobs/{job_id}/cancel")
 
-    def resume(self, job_id: int) -> dict[str, Any]:
-        return self.request("POST", f"/jobs/{job_id}/resume")
+    def resume(self, job_id: int, where: str | None = None, gpu: str | None = None) -> dict[str, Any]:
+        """A new attempt of a train job; `where`/`gpu` move it (None keeps its placement)."""
+        body = {key: value for key, value in (("where", where), ("gpu", gpu)) if value is not None}
+        return self.request("POST", f"/jobs/{job_id}/resume", body or None)
 
     def events(self, job_id: int, last_event_id: int = 0, retries: int = 10) -> Iterator[dict[str, Any]]:
         """The job's events until it ends, reconnecting with Last-Event-ID when the stream drops."""

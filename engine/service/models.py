@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.generate import GenerateConfig
+from engine.placement import GpuName, Where
 from engine.prep.config import PrepConfig
 from engine.train_config import TrainConfig
 
@@ -63,6 +64,8 @@ class Job(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     error: str | None = Field(default=None, description="One-line reason when failed, cancelled or interrupted.")
+    where: Where = Field(default="auto", description="Train jobs: where to run (auto: here if it fits, else Modal).")
+    gpu: GpuName | None = Field(default=None, description="Train jobs: the Modal GPU; None lets placement choose.")
     log: str | None = Field(default=None, description="The worker's log file, relative to LIKENESS_HOME.")
     cancel_requested: bool = False
     worker_pid: int | None = Field(default=None, description="Process id of the current attempt's worker.")
@@ -86,6 +89,38 @@ class TrainJobRequest(BaseModel):
 
     kind: Literal["train"]
     config: TrainConfig
+    where: Where = Field(default="auto", description="auto: on this machine's GPU if the run fits, else on Modal.")
+    gpu: GpuName | None = Field(default=None, description="Modal GPU to use (implies where=modal); None: the "
+                                                         "cheapest that fits.")
+
+    @model_validator(mode="after")
+    def _gpu_means_modal(self) -> TrainJobRequest:
+        self.where = _where_for_gpu(self.where, self.gpu) or "auto"
+        return self
+
+
+class ResumeRequest(BaseModel):
+    """Where the next attempt of a train job runs; the defaults keep the job's own placement."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    where: Where | None = Field(default=None, description="Run the next attempt here instead (modal: after an "
+                                                          "out-of-memory, carry on in the cloud).")
+    gpu: GpuName | None = Field(default=None, description="Modal GPU for the next attempt (implies where=modal).")
+
+    @model_validator(mode="after")
+    def _gpu_means_modal(self) -> ResumeRequest:
+        self.where = _where_for_gpu(self.where, self.gpu)
+        return self
+
+
+def _where_for_gpu(where: Where | None, gpu: GpuName | None) -> Where | None:
+    # As on the command line: --gpu names a Modal GPU, so it implies --where modal.
+    if gpu is None:
+        return where
+    if where == "local":
+        raise ValueError(f"gpu {gpu} is a Modal GPU; it cannot go with where=local")
+    return "modal"
 
 
 class GenerateJobRequest(BaseModel):

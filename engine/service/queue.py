@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from engine.placement import Where
 from engine.service.models import Job, JobEvent, JobKind
 
 
@@ -12,8 +13,9 @@ class JobQueue(ABC):
     """Jobs first in, first out, with their events; every state change is also an event."""
 
     @abstractmethod
-    def submit(self, kind: JobKind, config: dict[str, Any], run_dir: str | None) -> Job:
-        """Store a new job as queued."""
+    def submit(self, kind: JobKind, config: dict[str, Any], run_dir: str | None,
+               where: Where = "auto", gpu: str | None = None) -> Job:
+        """Store a new job as queued; train jobs run where `where` and `gpu` say."""
 
     @abstractmethod
     def get(self, job_id: int) -> Job:
@@ -49,8 +51,9 @@ class JobQueue(ABC):
         """Whether the job's stop flag is set (the worker's step hook polls this)."""
 
     @abstractmethod
-    def requeue(self, job_id: int, config: dict[str, Any]) -> Job:
-        """Queue a new attempt of a finished job with this config (resume)."""
+    def requeue(self, job_id: int, config: dict[str, Any], where: Where | None = None,
+                gpu: str | None = None) -> Job:
+        """Queue a new attempt of a finished job with this config (resume); None keeps its placement."""
 
     @abstractmethod
     def running_jobs(self) -> list[Job]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import LikenessError, TrainingCancelled
+from engine.placement import OutOfGpuMemory
 from engine.service.catalog import LOGS, file_url, relative
 from engine.service.models import CPU_KINDS, GPU_KINDS, Job
 from engine.service.queue import JobQueue
@@ -235,10 +236,10 @@ def _run_train(job: Job, settings: Settings, recorder: EventRecorder) -> dict[st
     from engine.train_config import TrainConfig
 
     config = TrainConfig.model_validate(job.config)
-    # Placed as `likeness train --where auto` would: here when it fits this machine's GPU, else on
-    # the cheapest Modal GPU that fits (the TUI shows this decision before the job is submitted).
-    look = config.device != "cpu" and model_family(config) != "tiny"
-    decision = decide(config, "auto", None, detect_local_gpus() if look else [])
+    # Placed as `likeness train --where W --gpu G` would: auto runs here when it fits this machine's
+    # GPU, else on the cheapest Modal GPU that fits (the TUI shows this decision before submitting).
+    look = job.where != "modal" and config.device != "cpu" and model_family(config) != "tiny"
+    decision = decide(config, job.where, job.gpu, detect_local_gpus() if look else [])
     if decision.where != "local":
         recorder(_log(f"training on {decision.where} ({decision.gpu}): {decision.reason}"))
     result = choose_executor(decision).train(config, settings, recorder, recorder.step_hook)
@@ -310,6 +311,13 @@ def run_job(job_id: int, service_pid: int) -> int:
     except JobInterrupted:
         queue.finish(job.id, job.attempt, "interrupted", error=INTERRUPTED_REASON)
         return 0
+    except OutOfGpuMemory as error:
+        # Not a crash: the run is whole up to its last checkpoint. The event says so, and the TUI
+        # offers to resume it on a cloud GPU (POST /jobs/{id}/resume {"where": "modal"}).
+        print(f"{_now()} failed: {error}", flush=True)
+        queue.finish(job.id, job.attempt, "failed", error=str(error), data={
+            "reason": str(error), "log": log, "out_of_memory": True, "checkpoint_step": error.checkpoint_step})
+        return 1
     except LikenessError as error:
         print(f"{_now()} failed: {error}", flush=True)
         queue.finish(job.id, job.attempt, "failed", error=str(error), data={"reason": str(error), "log": log})

@@ -15,12 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from engine.placement import Where
 from engine.service.errors import Conflict, NotFound
 from engine.service.models import FINAL_STATES, Job, JobEvent, JobKind
 from engine.service.queue import JobQueue
 
 DB_FILENAME = "jobs.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,7 +41,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_pid INTEGER,
     progress TEXT,
     result TEXT,
-    last_event_id INTEGER NOT NULL DEFAULT 0
+    last_event_id INTEGER NOT NULL DEFAULT 0,
+    placement TEXT NOT NULL DEFAULT 'auto',
+    gpu TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, queued_at);
 CREATE TABLE IF NOT EXISTS events (
@@ -52,6 +55,14 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (job_id, id)
 );
 """
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a queue written by an older likeness up to this schema; its jobs are kept."""
+    columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "placement" not in columns:  # version 1 -> 2: where a train job runs
+        db.execute("ALTER TABLE jobs ADD COLUMN placement TEXT NOT NULL DEFAULT 'auto'")
+        db.execute("ALTER TABLE jobs ADD COLUMN gpu TEXT")
 
 
 def _now() -> str:
@@ -66,6 +77,7 @@ class SqliteJobQueue(JobQueue):
             # WAL is a property of the file: set once, every later connection gets it.
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            _migrate(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
@@ -101,6 +113,7 @@ class SqliteJobQueue(JobQueue):
             error=row["error"], log=row["log"], cancel_requested=bool(row["cancel_requested"]),
             worker_pid=row["worker_pid"], progress=json.loads(row["progress"]) if row["progress"] else None,
             result=json.loads(row["result"]) if row["result"] else None, last_event_id=row["last_event_id"],
+            where=row["placement"], gpu=row["gpu"],
         )
 
     def _get(self, db: sqlite3.Connection, job_id: int) -> Job:
@@ -164,12 +177,14 @@ class SqliteJobQueue(JobQueue):
         with self._write() as db:
             return self._event(db, job_id, type, data)
 
-    def submit(self, kind: JobKind, config: dict[str, Any], run_dir: str | None) -> Job:
+    def submit(self, kind: JobKind, config: dict[str, Any], run_dir: str | None,
+               where: Where = "auto", gpu: str | None = None) -> Job:
         now = _now()
         with self._write() as db:
             cursor = db.execute(
-                "INSERT INTO jobs (kind, state, config, run_dir, created_at, queued_at) VALUES (?, 'queued', ?, ?, ?, ?)",
-                (kind, json.dumps(config), run_dir, now, now))
+                "INSERT INTO jobs (kind, state, config, run_dir, created_at, queued_at, placement, gpu) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (kind, json.dumps(config), run_dir, now, now, where, gpu))
             job_id = cursor.lastrowid
             self._event(db, job_id, "queued", {"attempt": 1})
             return self._get(db, job_id)
@@ -218,15 +233,18 @@ class SqliteJobQueue(JobQueue):
                 raise Conflict(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
             return self._get(db, job_id)
 
-    def requeue(self, job_id: int, config: dict[str, Any]) -> Job:
+    def requeue(self, job_id: int, config: dict[str, Any], where: Where | None = None,
+                gpu: str | None = None) -> Job:
         with self._write() as db:
             job = self._get(db, job_id)
             if job.state not in ("interrupted", "cancelled", "failed"):
                 raise Conflict(f"job {job_id} is {job.state}; only interrupted, cancelled or failed jobs can be resumed")
+            where = where or job.where
+            gpu = gpu or (job.gpu if where == job.where else None)
             db.execute("UPDATE jobs SET state = 'queued', config = ?, attempt = attempt + 1, queued_at = ?, "
-                       "finished_at = NULL, error = NULL, cancel_requested = 0, worker_pid = NULL, result = NULL "
-                       "WHERE id = ?", (json.dumps(config), _now(), job_id))
-            self._event(db, job_id, "queued", {"attempt": job.attempt + 1, "resume": True})
+                       "finished_at = NULL, error = NULL, cancel_requested = 0, worker_pid = NULL, result = NULL, "
+                       "placement = ?, gpu = ? WHERE id = ?", (json.dumps(config), _now(), where, gpu, job_id))
+            self._event(db, job_id, "queued", {"attempt": job.attempt + 1, "resume": True, "where": where})
             return self._get(db, job_id)
 
     def interrupt_running(self, reason: str) -> list[int]:

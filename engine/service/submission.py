@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 from pydantic import BaseModel
 
 from engine.generate import GenerateConfig
+from engine.placement import Where, for_the_cloud
 from engine.prep.config import PrepConfig
 from engine.run_dir import RunDir
 from engine.service.catalog import DATASETS, RUNS, UPLOADS, check_name, relative
@@ -62,8 +63,9 @@ def _readable(home: Path, roots: tuple[Path, ...], value: Path, field: str) -> P
     return _inside(home, value, field)
 
 
-def accept(kind: JobKind, config: BaseModel, home: Path, queue: JobQueue, photo_roots: tuple[Path, ...] = ()) -> Job:
-    """Check a submission, make its paths absolute, and queue it."""
+def accept(kind: JobKind, config: BaseModel, home: Path, queue: JobQueue, photo_roots: tuple[Path, ...] = (),
+           where: Where = "auto", gpu: str | None = None) -> Job:
+    """Check a submission, make its paths absolute, and queue it (train jobs: to run where `where` says)."""
     if isinstance(config, TrainConfig):
         stored, run_dir = _train(config, home, queue)
     elif isinstance(config, PrepConfig):
@@ -71,7 +73,9 @@ def accept(kind: JobKind, config: BaseModel, home: Path, queue: JobQueue, photo_
     else:
         assert isinstance(config, GenerateConfig)
         stored, run_dir = _generate(config, home)
-    return queue.submit(kind, stored.model_dump(mode="json"), run_dir)
+    if kind != "train":
+        where, gpu = "auto", None
+    return queue.submit(kind, stored.model_dump(mode="json"), run_dir, where, gpu)
 
 
 def _train(config: TrainConfig, home: Path, queue: JobQueue) -> tuple[TrainConfig, str]:
@@ -134,14 +138,17 @@ def _generate(config: GenerateConfig, home: Path) -> tuple[GenerateConfig, str]:
     return config.model_copy(update=update), run_dir
 
 
-def resume_config(job: Job, home: Path) -> dict[str, Any]:
-    """The config of a train job's next attempt: from the newest checkpoint, or over if it has none."""
+def resume_config(job: Job, home: Path, where: Where | None = None) -> dict[str, Any]:
+    """The config of a train job's next attempt: from the newest checkpoint, or over if it has none;
+    moved to the cloud when `where` is modal."""
     if job.kind != "train":
         raise Conflict(f"job {job.id} is a {job.kind} job; only train jobs resume (submit it again)")
     config = TrainConfig.model_validate(job.config)
     has_checkpoint = bool(RunDir(config.out).checkpoint_steps())
     # No checkpoint yet (stopped while loading or before the first one): the same run from step 0.
     again = config.model_copy(update={"resume": has_checkpoint, "force": not has_checkpoint})
+    if where == "modal":
+        again = for_the_cloud(again)
     return again.model_dump(mode="json")
 
 

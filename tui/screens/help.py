@@ -17,7 +17,7 @@ From a photo folder to pictures of one person, in five screens:
 |---|---|---|
 | `1` | **Photos** | pick a folder or .zip, find and crop the person's face, see what was kept and why the rest was not |
 | `2` | **Train** | pick the dataset and a preset (*Quick*: 500 steps, rank 16; *Large*: 1,500 steps, rank 32) and start |
-| `3` | **Live run** | progress, loss, the newest sample grid (`[` / `]` for earlier ones), log; Cancel / Resume |
+| `3` | **Live run** | progress, loss, the newest sample grid (`[` / `]` for earlier ones), log; Cancel / Resume; Continue on Modal (`m`) after an out-of-memory |
 | `4` | **Generate** | sweep age, LoRA strength, temperature…; the grid appears when done (`c` copies its path) |
 | `5` | **Runs** | compare runs: images, steps, GPU, rank, time, cost, memory, loss; `space` marks two to see side by side |
 

@@ -1,4 +1,5 @@
-"""Live run: progress, loss, the newest sample grid the moment it is written, the log; Cancel / Resume."""
+"""Live run: progress, loss, the newest sample grid the moment it is written, the log; Cancel / Resume,
+and Continue on Modal when a run outgrew this machine's memory."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def format_eta(seconds: float | None) -> str:
 
 class LiveRunScreen(EngineScreen):
     BINDINGS = [("left_square_bracket", "older", "Older grid"), ("right_square_bracket", "newer", "Newer grid"),
-                ("c", "cancel", "Cancel"), ("r", "resume", "Resume")]
+                ("c", "cancel", "Cancel"), ("r", "resume", "Resume"), ("m", "continue_on_modal", "Continue on Modal")]
 
     def __init__(self) -> None:
         super().__init__()
@@ -38,6 +39,9 @@ class LiveRunScreen(EngineScreen):
                 yield ProgressBar(total=100, id="progress", show_eta=False)
                 yield Button("Cancel", variant="error", id="cancel")
                 yield Button("Resume", variant="success", id="resume", disabled=True)
+                modal = Button("Continue on Modal", variant="warning", id="modal", disabled=True)
+                modal.display = False  # only after a run ran out of memory here
+                yield modal
             yield Static("no run yet: start one on the Train screen (2)", id="stats", classes="status")
             yield Sparkline([], id="loss")
         yield Picture("the newest sample grid appears here", id="grid")
@@ -60,6 +64,7 @@ class LiveRunScreen(EngineScreen):
         self.query_one("#title", Label).update(f"Live run: job {job_id}")
         self.query_one("#resume", Button).disabled = True
         self.query_one("#cancel", Button).disabled = False
+        self._offer_modal(False)
         self.stream_job(job_id)
 
     @on(JobEvent)
@@ -85,12 +90,32 @@ class LiveRunScreen(EngineScreen):
                 self._show_grid(len(self.grids) - 1)
         elif event.kind == "log":
             self.query_one("#log", Log).write_line(data.get("message", ""))
+        elif event.kind in ("queued", "running"):  # a new attempt (the stream replays earlier ones first)
+            self.query_one("#cancel", Button).disabled = False
+            self.query_one("#resume", Button).disabled = True
+            self._offer_modal(False)
         elif event.kind in ("done", "failed", "cancelled", "interrupted"):
             reason = data.get("reason") or ""
             self.query_one("#log", Log).write_line(f"job {event.kind} {reason}".rstrip())
             self.query_one("#cancel", Button).disabled = True
             self.query_one("#resume", Button).disabled = event.kind == "done"
+            if data.get("out_of_memory"):
+                self._offer_modal(True)
+                kept = data.get("checkpoint_step")
+                reason = (f"ran out of memory here; Continue on Modal (m) carries on "
+                          f"{f'from step {kept}' if kept else 'from the start'} on a cloud GPU")
             self.query_one("#stats", Static).update(f"{event.kind}. {reason}".strip())
+
+    def _offer_modal(self, offer: bool) -> None:
+        button = self.query_one("#modal", Button)
+        button.display, button.disabled = offer, not offer
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # The footer shows `m` only while there is a run to carry on in the cloud.
+        if action == "continue_on_modal":
+            return not self.query_one("#modal", Button).disabled if self.is_mounted else False
+        return True
 
     def _show_grid(self, index: int) -> None:
         step, url = self.grids[index]
@@ -122,3 +147,10 @@ class LiveRunScreen(EngineScreen):
         if self.job_id is not None:
             job_id = self.job_id
             self.call_engine(lambda: self.link.resume(job_id), self.follow)
+
+    @on(Button.Pressed, "#modal")
+    def action_continue_on_modal(self) -> None:
+        if self.job_id is not None and not self.query_one("#modal", Button).disabled:
+            job_id = self.job_id
+            self.notify("continuing on Modal from the last checkpoint…")
+            self.call_engine(lambda: self.link.resume(job_id, where="modal"), self.follow)
