@@ -18,8 +18,10 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
@@ -72,27 +74,27 @@ def stage_milliseconds(paths: list[Path], size: int) -> dict[str, float]:
     detect_size, max_pixels = defaults.detect_size, defaults.max_pixels
     times: dict[str, list[float]] = {}
 
-    def timed(stage: str, work):  # noqa: ANN001, ANN202
+    def timed(stage: str, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        result = work()
+        result = work(*args, **kwargs)
         times.setdefault(stage, []).append((time.perf_counter() - started) * 1000)
         return result
 
     find_faces(Image.new("RGB", (64, 64)), detect_size=detect_size, detector="hog")  # load dlib's models
     for path in paths:
         data = path.read_bytes()
-        decoded = timed("decode for detection", lambda: decode_photo(data, max_pixels=max_pixels, min_long_side=960))
+        decoded = timed("decode for detection", decode_photo, data, max_pixels=max_pixels, min_long_side=960)
         copy = detection_copy(decoded.image, detect_size)
-        boxes = timed("find faces (HOG)", lambda: find_faces(copy, detect_size=detect_size, detector="hog"))
-        timed("encode faces", lambda: encode_faces(copy, boxes))
+        boxes = timed("find faces (HOG)", find_faces, copy, detect_size=detect_size, detector="hog")
+        timed("encode faces", encode_faces, copy, boxes)
         if not boxes:
             continue
         box = scale_box(boxes[0], decoded.full_size[0] / copy.width)
         crop_box = face_crop_box(box, decoded.full_size, FRAMING_FACE_FRACTION["face"], FRAMING_VERTICAL_OFFSET["face"])
         needed = round(max(decoded.full_size) * min(1.0, size / (crop_box[2] - crop_box[0])))
-        full = timed("decode for crop", lambda: decode_photo(data, max_pixels=max_pixels, min_long_side=needed))
-        crop = timed("crop and resize", lambda: render_crop(full.image, scale_box(crop_box, full.scale), size))
-        timed("save PNG", lambda: crop.save(io.BytesIO(), "PNG", **PNG_SAVE_OPTIONS))
+        full = timed("decode for crop", decode_photo, data, max_pixels=max_pixels, min_long_side=needed)
+        crop = timed("crop and resize", render_crop, full.image, scale_box(crop_box, full.scale), size)
+        timed("save PNG", crop.save, io.BytesIO(), "PNG", **PNG_SAVE_OPTIONS)
     return {stage: round(statistics.median(values), 1) for stage, values in times.items()}
 
 
