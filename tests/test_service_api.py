@@ -74,6 +74,9 @@ def test_system_info(service):
     ({"kind": "prep", "config": {"photos": "/", "out": "datasets/x"}}, 422, "config.photos"),
     ({"kind": "bake", "config": {}}, 422, None),
     ({"kind": "train", "config": {**train_config("runs/x"), "colour": "red"}}, 422, "config.colour"),
+    ({"kind": "train", "config": train_config("runs/x", device="cpu"), "where": "modal"}, 422, None),
+    ({"kind": "train", "config": train_config("runs/x"), "where": "local", "gpu": "H100"}, 422, None),
+    ({"kind": "train", "config": train_config("runs/x"), "gpu": "RTX 4090"}, 422, "gpu"),
 ])
 def test_bad_submissions_get_the_right_4xx_with_field_and_reason(service, body, status, field):
     kwargs = {"data": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, str) else {

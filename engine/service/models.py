@@ -96,6 +96,8 @@ class TrainJobRequest(BaseModel):
     @model_validator(mode="after")
     def _gpu_means_modal(self) -> TrainJobRequest:
         self.where = _where_for_gpu(self.where, self.gpu) or "auto"
+        if self.where == "modal" and self.config.device == "cpu":
+            raise ValueError("config.device cpu runs on this machine; it cannot go with where=modal")
         return self
 
 

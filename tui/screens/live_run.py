@@ -152,5 +152,5 @@ class LiveRunScreen(EngineScreen):
     def action_continue_on_modal(self) -> None:
         if self.job_id is not None and not self.query_one("#modal", Button).disabled:
             job_id = self.job_id
-            self.notify("continuing on Modal from the last checkpoint…")
+            self.notify("continuing on a Modal GPU…")
             self.call_engine(lambda: self.link.resume(job_id, where="modal"), self.follow)
