@@ -127,7 +127,8 @@ def test_kill_9_interrupts_the_job_and_resume_gives_the_uninterrupted_lora(tmp_p
         interrupted = second.get(f"/jobs/{job['id']}").json()
         assert interrupted["state"] == "interrupted" and "resume" in interrupted["error"]
         assert main(["jobs", "--server", second.url]) == 0
-        assert "interrupted" in capsys.readouterr().out
+        row = next(line for line in capsys.readouterr().out.splitlines() if "runs/killed" in line)
+        assert "interrupted" in row and " auto " in row  # train jobs say where they run
         assert main(["resume", str(job["id"]), "--server", second.url]) == 0
         resumed = second.get(f"/jobs/{job['id']}").json()
         assert resumed["state"] == "done" and resumed["attempt"] == 2

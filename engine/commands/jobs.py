@@ -57,12 +57,14 @@ def list_jobs(args: argparse.Namespace) -> int:
     if not jobs:
         print("no jobs")
         return 0
-    print(f"{'ID':>5}  {'KIND':<8}  {'STATE':<11}  {'PROGRESS':<12}  {'WHERE':<28}  CREATED")
+    print(f"{'ID':>5}  {'KIND':<8}  {'STATE':<11}  {'PROGRESS':<12}  {'FOLDER':<28}  {'ON':<16}  CREATED")
     for job in jobs:
         progress = job.get("progress") or {}
         done = f"{progress['step']}/{progress['total']}" if progress else ""
+        gpu = f" ({job['gpu']})" if job.get("gpu") else ""
+        on = f"{job.get('where', 'auto')}{gpu}" if job["kind"] == "train" else ""
         print(f"{job['id']:>5}  {job['kind']:<8}  {job['state']:<11}  {done:<12}  {job.get('run_dir') or '':<28}  "
-              f"{job['created_at'][:19].replace('T', ' ')}")
+              f"{on:<16}  {job['created_at'][:19].replace('T', ' ')}")
     return 0
 
 
