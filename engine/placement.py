@@ -269,18 +269,24 @@ def choose_gpu(config: TrainConfig, estimate: MemoryEstimate | None = None) -> G
     return min(fitting, key=lambda g: (_modal_plan(config, g)[1], g.usd_per_second))
 
 
+def where_asked(where: Where, gpu: str | None, device: str) -> Where:
+    """Where a run asks to go: naming a cloud GPU is asking for the cloud; clashes are one-line errors."""
+    if gpu is not None:
+        if where == "local":
+            raise LikenessError(f"--gpu {gpu} picks a Modal GPU; it does not go with --where local")
+        where = "modal"
+    if where == "modal" and device == "cpu":
+        raise LikenessError("--device cpu runs on this machine; it does not go with --where modal")
+    return where
+
+
 def decide(config: TrainConfig, where: Where = "auto", gpu: str | None = None,
            local_gpus: list[LocalGpu] | tuple[LocalGpu, ...] = ()) -> Decision:
     """Decide where ``config`` runs. Pure: the local GPUs are passed in (``detect_local_gpus()``)."""
     estimate = estimate_peak_vram(config)
     offer = modal_gpu(gpu) if gpu is not None else None
-    if offer is not None and where == "local":
-        raise LikenessError("--gpu picks a Modal GPU; it does not go with --where local")
     implied = offer is not None and where == "auto"
-    if implied:
-        where = "modal"  # naming a cloud GPU is asking for the cloud
-    if where == "modal" and config.device == "cpu":
-        raise LikenessError("--device cpu runs on this machine; it does not go with --where modal")
+    where = where_asked(where, gpu, config.device)
 
     local = _local_gpu_for(config.device, local_gpus)
     fits = local is not None and estimate.required_gib <= local.free_gib

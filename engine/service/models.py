@@ -10,8 +10,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.errors import LikenessError
 from engine.generate import GenerateConfig
-from engine.placement import GpuName, Where
+from engine.placement import GpuName, Where, where_asked
 from engine.prep.config import PrepConfig
 from engine.train_config import TrainConfig
 
@@ -95,9 +96,7 @@ class TrainJobRequest(BaseModel):
 
     @model_validator(mode="after")
     def _gpu_means_modal(self) -> TrainJobRequest:
-        self.where = _where_for_gpu(self.where, self.gpu) or "auto"
-        if self.where == "modal" and self.config.device == "cpu":
-            raise ValueError("config.device cpu runs on this machine; it cannot go with where=modal")
+        self.where = _checked_where(self.where, self.gpu, self.config.device)
         return self
 
 
@@ -112,17 +111,17 @@ class ResumeRequest(BaseModel):
 
     @model_validator(mode="after")
     def _gpu_means_modal(self) -> ResumeRequest:
-        self.where = _where_for_gpu(self.where, self.gpu)
+        if self.gpu is not None:  # the device need not be checked: a move to Modal takes the cloud's
+            self.where = _checked_where(self.where or "auto", self.gpu, "auto")
         return self
 
 
-def _where_for_gpu(where: Where | None, gpu: GpuName | None) -> Where | None:
-    # As on the command line: --gpu names a Modal GPU, so it implies --where modal.
-    if gpu is None:
-        return where
-    if where == "local":
-        raise ValueError(f"gpu {gpu} is a Modal GPU; it cannot go with where=local")
-    return "modal"
+def _checked_where(where: Where, gpu: str | None, device: str) -> Where:
+    # The CLI's rules (engine.placement.where_asked), as a validation error with the field's reason.
+    try:
+        return where_asked(where, gpu, device)
+    except LikenessError as error:
+        raise ValueError(str(error).replace("--", "")) from None
 
 
 class GenerateJobRequest(BaseModel):
