@@ -15,7 +15,7 @@ from engine.prep.cropping import face_crop_box, render_crop
 from engine.prep.faces import find_faces
 from engine.prep.loading import decode_photo
 from engine.prep.manifest import Reason
-from engine.prep.quality import face_sharpness, near_duplicate_groups, perceptual_hash
+from engine.prep.quality import face_sharpness, near_duplicates, perceptual_hash
 from engine.prep.sources import PhotoSource, SourceRejected, read_source
 
 MAX_PIXELS = 120_000_000
@@ -148,8 +148,18 @@ def test_near_duplicates_group_and_different_photos_do_not():
         perceptual_hash(Image.fromarray(data.coffee())),
         perceptual_hash(ASTRONAUT.crop((100, 0, 512, 412))),
     ]
-    assert near_duplicate_groups(hashes, max_distance=6) == [[0, 1]]
-    assert near_duplicate_groups(hashes, max_distance=-1) == []
+    assert near_duplicates(hashes, max_distance=6) == {1: 0}
+    assert near_duplicates(hashes, max_distance=-1) == {}
+
+
+def test_near_duplicates_do_not_chain_across_a_library():
+    """A~B and B~C, but A and C far apart: C is a photo of its own, not a duplicate of A by way of B."""
+    a = 0
+    b = a ^ 0b1111  # 4 bits from a
+    c = b ^ (0b1111 << 8)  # 4 bits from b, 8 from a
+    hashes = [f"{h:016x}" for h in (a, b, c)]
+    assert near_duplicates(hashes, max_distance=6) == {1: 0}  # a is kept, b is its duplicate, c stays
+    assert near_duplicates(hashes[::-1], max_distance=6) == {1: 0}  # best first: c kept, b of c, a stays
 
 
 def test_crop_near_an_edge_is_padded_and_keeps_the_face_centred():

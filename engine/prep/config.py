@@ -58,7 +58,8 @@ class PrepConfig(BaseModel):
         default=6,
         ge=-1,
         le=64,
-        description="Photos whose perceptual hashes differ in at most this many bits are one burst; -1 keeps all.",
+        description="A photo within this many bits (perceptual hash) of a sharper kept one is its near-duplicate; "
+        "-1 keeps all.",
     )
     detect_size: int = Field(
         default=1280,

@@ -30,7 +30,7 @@ from engine.prep.faces import resolve_detector
 from engine.prep.identity import Identity, cluster_identity, reference_identity, save_identity
 from engine.prep.loading import decode_photo
 from engine.prep.manifest import Manifest, PhotoEntry, PrepProgress, PrepReport, Reason
-from engine.prep.quality import near_duplicate_groups
+from engine.prep.quality import near_duplicates
 from engine.prep.report import SheetTile, contact_sheet
 from engine.prep.sources import PhotoSource, SourceRejected, find_photos, read_source
 from engine.settings import Settings
@@ -280,15 +280,12 @@ def _judge(config: PrepConfig, analysed: list[AnalysedPhoto], identity: Identity
             candidates.append(len(entries) - 1)
 
     # Of each burst of near-identical photos, keep the sharpest (the earliest on a tie).
-    hashes = [entries[i].phash or "0" for i in candidates]
-    for group in near_duplicate_groups(hashes, config.duplicate_distance):
-        members = [candidates[g] for g in group]
-        keep = max(members, key=lambda i: (entries[i].sharpness or 0.0, -i))
-        for i in members:
-            if i != keep:
-                entries[i].status = "rejected"
-                entries[i].reason = Reason.DUPLICATE
-                entries[i].detail = f"of {entries[keep].source}"
+    best_first = sorted(candidates, key=lambda i: (-(entries[i].sharpness or 0.0), i))
+    hashes = [entries[i].phash or "0" for i in best_first]
+    for duplicate, keeper in near_duplicates(hashes, config.duplicate_distance).items():
+        entry = entries[best_first[duplicate]]
+        entry.status, entry.reason = "rejected", Reason.DUPLICATE
+        entry.detail = f"of {entries[best_first[keeper]].source}"
     return entries
 
 

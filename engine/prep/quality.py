@@ -37,30 +37,24 @@ def perceptual_hash(image: Image.Image) -> str:
     return str(imagehash.phash(image))
 
 
-def near_duplicate_groups(hashes: list[str], max_distance: int) -> list[list[int]]:
-    """Indices of `hashes` grouped so each group's members chain within `max_distance` bits.
+def near_duplicates(hashes: list[str], max_distance: int) -> dict[int, int]:
+    """Which photos are near-duplicates of a better one: {index: index of the photo kept instead}.
 
-    Only groups of two or more come back. Chaining (not all-pairs) is what a burst looks like:
-    each frame close to the next.
+    `hashes` come best first (the caller's order, e.g. sharpest first). Each photo is a duplicate
+    of the first kept photo within `max_distance` bits, else it is kept. Not chained: in a library
+    of one person's portraits, chains of similar photos would join hundreds of different ones.
     """
-    n = len(hashes)
-    if n < 2 or max_distance < 0:
-        return []
-    bits = np.array([[c == "1" for c in bin(int(h, 16))[2:].zfill(64)] for h in hashes], dtype=np.float32)
-    # Hamming distance for all pairs at once: positions set in one and not in the other.
-    distance = bits @ (1.0 - bits).T
-    distance = distance + distance.T
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in zip(*np.nonzero(np.triu(distance <= max_distance, k=1)), strict=True):
-        parent[root(int(i))] = root(int(j))
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(root(i), []).append(i)
-    return [sorted(g) for g in groups.values() if len(g) > 1]
+    if len(hashes) < 2 or max_distance < 0:
+        return {}
+    bits = np.array([[c == "1" for c in bin(int(h, 16))[2:].zfill(64)] for h in hashes], dtype=bool)
+    kept: list[int] = []
+    duplicates: dict[int, int] = {}
+    for i in range(len(hashes)):
+        if kept:
+            distance = np.count_nonzero(bits[kept] != bits[i], axis=1)
+            nearest = int(distance.argmin())
+            if distance[nearest] <= max_distance:
+                duplicates[i] = kept[nearest]
+                continue
+        kept.append(i)
+    return duplicates
