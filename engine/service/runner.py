@@ -311,16 +311,14 @@ def run_job(job_id: int, service_pid: int) -> int:
     except JobInterrupted:
         queue.finish(job.id, job.attempt, "interrupted", error=INTERRUPTED_REASON)
         return 0
-    except OutOfGpuMemory as error:
-        # Not a crash: the run is whole up to its last checkpoint. The event says so, and the TUI
-        # offers to resume it on a cloud GPU (POST /jobs/{id}/resume {"where": "modal"}).
-        print(f"{_now()} failed: {error}", flush=True)
-        queue.finish(job.id, job.attempt, "failed", error=str(error), data={
-            "reason": str(error), "log": log, "out_of_memory": True, "checkpoint_step": error.checkpoint_step})
-        return 1
     except LikenessError as error:
         print(f"{_now()} failed: {error}", flush=True)
-        queue.finish(job.id, job.attempt, "failed", error=str(error), data={"reason": str(error), "log": log})
+        data = {"reason": str(error), "log": log}
+        if isinstance(error, OutOfGpuMemory):
+            # Not a crash: the run is whole up to its last checkpoint. The event says so, and the TUI
+            # offers to resume it on a cloud GPU (POST /jobs/{id}/resume {"where": "modal"}).
+            data.update(out_of_memory=True, checkpoint_step=error.checkpoint_step)
+        queue.finish(job.id, job.attempt, "failed", error=str(error), data=data)
         return 1
     except Exception as error:
         traceback.print_exc()

@@ -73,8 +73,6 @@ def accept(kind: JobKind, config: BaseModel, home: Path, queue: JobQueue, photo_
     else:
         assert isinstance(config, GenerateConfig)
         stored, run_dir = _generate(config, home)
-    if kind != "train":
-        where, gpu = "auto", None
     return queue.submit(kind, stored.model_dump(mode="json"), run_dir, where, gpu)
 
 
