@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 from skimage import data
 
 from engine.prep.cropping import face_crop_box, render_crop
-from engine.prep.faces import find_faces
+from engine.prep.faces import encode_faces, find_faces
 from engine.prep.loading import decode_photo
 from engine.prep.manifest import Reason
 from engine.prep.quality import face_sharpness, near_duplicates, perceptual_hash
@@ -171,3 +171,17 @@ def test_crop_near_an_edge_is_padded_and_keeps_the_face_centred():
     assert crop.size == (128, 128)
     face_centre_in_crop = ((face[0] + face[2]) / 2 - box[0]) / 250
     assert abs(face_centre_in_crop - 0.5) <= 0.1 + 1e-6
+
+
+def test_face_encodings_are_dlibs_own():
+    """engine.prep.face_encoder runs dlib's network with torch: face_recognition's encodings, to float precision."""
+    import face_recognition
+
+    for image in (ASTRONAUT, ASTRONAUT.rotate(12, resample=Image.Resampling.BICUBIC).resize((384, 384))):
+        boxes = find_faces(image, detect_size=1280, detector="hog")
+        assert boxes
+        ours = encode_faces(image, boxes)
+        theirs = face_recognition.face_encodings(np.asarray(image), [(t, r, b, left) for left, t, r, b in boxes],
+                                                 num_jitters=1, model="small")
+        assert len(ours) == len(theirs)
+        assert max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs, strict=True)) < 1e-5

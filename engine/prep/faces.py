@@ -63,10 +63,29 @@ def find_faces(image: Image.Image, *, detect_size: int, detector: str) -> list[B
 
 
 def encode_faces(image: Image.Image, boxes: list[Box]) -> list[np.ndarray]:
-    """The 128-d encoding of each face box in `image`; 0.6 apart is the usual same-person limit."""
+    """The 128-d encoding of each face box in `image`; 0.6 apart is the usual same-person limit.
+
+    As face_recognition.face_encodings(model="small", num_jitters=1) computes it: dlib's 5-point
+    landmarks and aligned 150 px chips, then dlib's network, run by torch (engine.prep.face_encoder).
+    """
     if not boxes:
         return []
-    face_recognition = _face_recognition()
+    import dlib
 
-    locations = [(top, right, bottom, left) for left, top, right, bottom in boxes]
-    return face_recognition.face_encodings(np.asarray(image), locations, num_jitters=1, model="small")
+    from engine.prep.face_encoder import CHIP_PADDING, CHIP_SIZE, face_encoder
+
+    models = _face_recognition().api.face_recognition_models
+    pixels = np.asarray(image)
+    predictor = _five_point_landmarks(models.pose_predictor_five_point_model_location())
+    shapes = dlib.full_object_detections()
+    for left, top, right, bottom in boxes:
+        shapes.append(predictor(pixels, dlib.rectangle(left, top, right, bottom)))
+    chips = dlib.get_face_chips(pixels, shapes, size=CHIP_SIZE, padding=CHIP_PADDING)
+    return list(face_encoder(models.face_recognition_model_location())(np.stack(chips)))
+
+
+@cache
+def _five_point_landmarks(model_path: str):
+    import dlib
+
+    return dlib.shape_predictor(model_path)

@@ -134,13 +134,19 @@ def _pool(workers: int) -> Iterator[Executor | None]:
     if workers <= 1:
         yield None
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_one_thread_each)
     ok = False
     try:
         yield pool
         ok = True
     finally:
         pool.shutdown(wait=ok, cancel_futures=True)
+
+
+def _one_thread_each() -> None:
+    # Each core has a worker already: torch's own threads (face encodings) would fight over them.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def _map(
