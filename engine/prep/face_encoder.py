@@ -104,6 +104,10 @@ class FaceEncoder:
 
         with open(model_path, "rb") as handle:
             mean, layers = _layers(handle.read())
+        kinds = [layer.kind for layer in layers]
+        if kinds.count("con") != 29 or kinds[-1] != "fc" or layers[-1].settings[0] != 128:
+            # Another network (or a format this reader does not know) must not give quiet garbage.
+            raise RuntimeError(f"{model_path} is not dlib_face_recognition_resnet_model_v1 as likeness reads it")
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.layers: list[tuple[str, Any]] = []
         for layer in layers:
@@ -127,7 +131,8 @@ class FaceEncoder:
         import torch
         import torch.nn.functional as F
 
-        with torch.inference_mode():
+        # float32 whatever the caller has on (a trainer's autocast): the encodings are dlib's.
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
             x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
             x = (x - self.mean) / 256.0
             block_input = None
