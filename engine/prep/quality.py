@@ -41,8 +41,9 @@ def near_duplicates(hashes: list[str], max_distance: int) -> dict[int, int]:
     """Which photos are near-duplicates of a better one: {index: index of the photo kept instead}.
 
     `hashes` come best first (the caller's order, e.g. sharpest first). Each photo is a duplicate
-    of the first kept photo within `max_distance` bits, else it is kept. Not chained: in a library
-    of one person's portraits, chains of similar photos would join hundreds of different ones.
+    of the nearest photo kept before it, if that is within `max_distance` bits; else it is kept.
+    Not chained: in a library of one person's portraits, chains of similar photos would join
+    hundreds of different ones.
     """
     if len(hashes) < 2 or max_distance < 0:
         return {}
