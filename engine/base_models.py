@@ -76,7 +76,8 @@ def _offline_error(repo_id: str) -> LikenessError:
 
 
 def load_sdxl_pipeline(source: BaseModelSource, torch_dtype=None):
-    """Load an SDXL pipeline (on the CPU) from a resolved base."""
+    """Load an SDXL pipeline (on the CPU) from a resolved base. ``torch_dtype``: one dtype, or one per
+    component as diffusers takes it ({"default": bf16, "vae": fp32}), so no weight is loaded wider than used."""
     from engine.quiet import quiet_libraries
 
     quiet_libraries()
@@ -85,7 +86,7 @@ def load_sdxl_pipeline(source: BaseModelSource, torch_dtype=None):
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     try:
         if source.kind == "single_file":
-            return StableDiffusionXLPipeline.from_single_file(source.location, **kwargs)
+            return _load_single_file(source.location, torch_dtype)
         if source.kind == "hub":
             return _load_from_hub(source.location, kwargs)
         return StableDiffusionXLPipeline.from_pretrained(source.location, **kwargs)
@@ -99,6 +100,19 @@ def load_sdxl_pipeline(source: BaseModelSource, torch_dtype=None):
             ) from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise LikenessError(f"base model {source.spec} could not be loaded as SDXL: {first_line}") from None
+
+
+def _load_single_file(location: str, torch_dtype):
+    """diffusers' single-file loader takes one dtype: the VAE, if it wants another, is loaded on its own."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+    if not isinstance(torch_dtype, dict):
+        return StableDiffusionXLPipeline.from_single_file(location, **({"dtype": torch_dtype} if torch_dtype else {}))
+    default = torch_dtype.get("default")
+    extra = {}
+    if "vae" in torch_dtype and torch_dtype["vae"] != default:
+        extra["vae"] = AutoencoderKL.from_single_file(location, torch_dtype=torch_dtype["vae"])
+    return StableDiffusionXLPipeline.from_single_file(location, torch_dtype=default, **extra)
 
 
 def _load_from_hub(repo_id: str, kwargs: dict):

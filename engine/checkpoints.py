@@ -17,7 +17,7 @@ from engine.run_dir import RunDir
 
 
 def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_scheduler, config_json: dict, *,
-                    rank: int, alpha: float, keep: int) -> Path:
+                    rank: int, alpha: float, keep: int, memory_plan: dict | None = None) -> Path:
     import numpy as np
     import torch
 
@@ -32,12 +32,19 @@ def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_schedule
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, staging / "rng.pt")
-    (staging / "state.json").write_text(json.dumps({"step": step, "config": config_json}, indent=2, default=str))
+    # The savers chosen travel with the state: a resumed run must load the optimizer state into the same optimizer.
+    state = {"step": step, "config": config_json, **({"memory_plan": memory_plan} if memory_plan else {})}
+    (staging / "state.json").write_text(json.dumps(state, indent=2, default=str))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
     for old in run.checkpoint_steps()[:-keep]:
         shutil.rmtree(run.checkpoint_path(old), ignore_errors=True)
     return target
+
+
+def checkpoint_state(path: Path) -> dict:
+    """A checkpoint's state.json: its step, the config, and the savers it was trained with."""
+    return json.loads((path / "state.json").read_text())
 
 
 def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler) -> int:

@@ -32,7 +32,16 @@ def decide_for(config, args: argparse.Namespace):
         resolve_base(config.base, Settings())  # a mistyped --base is reported before anything is decided
     # Asking CUDA loads torch (seconds); the tiny model and --device cpu stay here whatever it says.
     look = config.device != "cpu" and model_family(config) != "tiny"
-    return decide(config, args.where, args.gpu, detect_local_gpus() if look else [])
+    gpus = detect_local_gpus() if look else []
+    # A run on this machine's CPU chooses its savers against the RAM available (psutil: no torch).
+    host_free = _ram_free_gib() if not gpus else None
+    return decide(config, args.where, args.gpu, gpus, host_free_gib=host_free)
+
+
+def _ram_free_gib() -> float | None:
+    from engine.device import Placement, free_memory_gib
+
+    return free_memory_gib(Placement("cpu", "float32", None))
 
 
 def train_where(config, decision, args: argparse.Namespace, settings, on_event):
