@@ -256,8 +256,13 @@ async def _stream(queue: SqliteJobQueue, job_id: int, last: int, follow: bool, r
     while True:
         # The job row first, then the events: a final state read here has its final event already
         # committed (same transaction), so the read after it cannot miss it.
-        job = await run_in_threadpool(queue.get, job_id)
-        events: list[JobEvent] = await run_in_threadpool(queue.events, job_id, last)
+        try:
+            job = await run_in_threadpool(queue.get, job_id)
+            events: list[JobEvent] = await run_in_threadpool(queue.events, job_id, last)
+        except LikenessError:
+            # The job's row is gone (the database was deleted) or cannot be read: the stream ends
+            # here and a reconnecting client gets the answer as a status.
+            return
         for event in events:
             yield f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
             last = event.id

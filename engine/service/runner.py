@@ -30,6 +30,7 @@ from engine.placement import OutOfGpuMemory
 from engine.run_dir import RunDir
 from engine.service import storage
 from engine.service.catalog import LOGS, file_url, relative
+from engine.service.errors import NotFound
 from engine.service.models import CPU_KINDS, FINAL_STATES, GPU_KINDS, Job
 from engine.service.queue import JobQueue
 from engine.settings import Settings
@@ -85,7 +86,7 @@ class JobRunner:
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
         self._thread.start()
 
-    def _recover(self) -> None:
+    def _recover(self) -> bool:
         try:
             stale = self.queue.running_jobs()
             for job in stale:
@@ -95,11 +96,12 @@ class JobRunner:
             # A read-only or full database: start anyway (reads work) and try again at every poll; the
             # queue starts nothing while those rows still say running.
             self._report(error)
-            return
+            return False
         self._recovered = True
         for job in stale:
             if job.id in ended:
                 _settle_run_dir(job, "interrupted")
+        return True
 
     def wake(self) -> None:
         """Look at the queue now rather than at the next poll (a job was submitted)."""
@@ -130,8 +132,12 @@ class JobRunner:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                if not self._recovered:
-                    self._recover()
+                # Nothing starts before what a crash left running is marked interrupted: a job started
+                # first would be among the rows that marking ends.
+                if not self._recovered and not self._recover():
+                    self._wake.wait(self.poll_s)
+                    self._wake.clear()
+                    continue
                 self._reap()
                 self._enforce_cancels()
                 self._start_next()
@@ -207,6 +213,9 @@ class JobRunner:
             try:
                 self.queue.finish(job_id, worker.job.attempt, state, error=reason, data=data)
                 ended = self.queue.get(job_id)
+            except NotFound:  # the database was deleted under us: there is no row left to end
+                del self._workers[job_id]
+                continue
             except LikenessError as error:
                 self._report(error)  # kept: its slot stays taken, and the next poll tries again
                 continue

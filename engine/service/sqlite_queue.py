@@ -120,7 +120,9 @@ class SqliteJobQueue(JobQueue):
                     db.execute("PRAGMA journal_mode=WAL")
                     db.executescript(_SCHEMA)
                     _migrate(db)
-                    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    # Only when it changes: on a full disk the service must still start, and read.
+                    if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 finally:
                     db.close()
                 if self._keep_open:
