@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -77,6 +78,10 @@ def test_system_info(service):
     info = service.get("/system").json()
     assert info["device"] in ("cpu", "cuda") and info["versions"]["likeness"] and info["versions"]["torch"]
     assert set(info) >= {"gpu_name", "vram_free_mb", "vram_total_mb", "modal_configured", "home"}
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        # Kept cheap: without an NVIDIA device there is nothing for torch to find, and importing it
+        # took over 10 s on a loaded machine.
+        assert "libtorch" not in Path(f"/proc/{service.process.pid}/maps").read_text()
 
 
 @pytest.mark.parametrize(("body", "status", "field"), [
