@@ -237,6 +237,29 @@ def test_generate_numbers_are_bounded_at_submit(service, config, field):
     assert answer.json()["errors"][0]["field"] == field
 
 
+def test_a_base_inside_the_home_or_a_models_root_or_a_repo_id_is_kept(tmp_path):
+    from engine.service.errors import InvalidField
+    from engine.service.submission import allowed_base
+
+    home, models = tmp_path / "home", tmp_path / "models"
+    (home / "models" / "mine").mkdir(parents=True)
+    (models / "sdxl.safetensors").parent.mkdir()
+    (models / "sdxl.safetensors").write_bytes(b"")
+    assert allowed_base("models/mine", home, (), "base") == str((home / "models" / "mine").resolve())
+    assert allowed_base(str(models / "sdxl.safetensors"), home, (models,), "base") == str(
+        (models / "sdxl.safetensors").resolve())
+    assert allowed_base("stabilityai/stable-diffusion-xl-base-1.0", home, (), "base") == \
+        "stabilityai/stable-diffusion-xl-base-1.0"
+    assert allowed_base("tiny", home, (), "base") == "tiny"
+    with pytest.raises(InvalidField, match="outside the allowed roots"):
+        allowed_base(str(models / "sdxl.safetensors"), home, (), "base")
+
+
+def test_an_empty_base_is_422(service):
+    answer = service.post("/jobs", json={"kind": "train", "config": train_config("runs/x", data="runs/r", base=" ")})
+    assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "config.base"
+
+
 @pytest.mark.parametrize("base", ["/etc", "/nonexistent/model", "../../../etc/passwd", "../outside-run",
                                   "runs/linked", "/etc/passwd.safetensors"])
 def test_a_base_outside_the_allowed_roots_is_422_and_says_nothing_of_what_is_there(service, base):

@@ -75,7 +75,7 @@ def _readable(home: Path, roots: tuple[Path, ...], value: Path, field: str) -> P
     return _inside(home, value, field)
 
 
-def _base(spec: str | None, home: Path, roots: tuple[Path, ...], field: str) -> str | None:
+def allowed_base(spec: str | None, home: Path, roots: tuple[Path, ...], field: str) -> str | None:
     """A base model the engine may load: 'tiny', a Hugging Face repo id, or a diffusers folder or
     .safetensors file inside LIKENESS_HOME or a models root, stored as its real path.
 
@@ -83,6 +83,8 @@ def _base(spec: str | None, home: Path, roots: tuple[Path, ...], field: str) -> 
     tell what lies outside."""
     if spec is None or spec == "tiny":
         return spec
+    if not spec.strip():
+        raise InvalidField(field, "is empty: give a Hugging Face repo id, a model inside LIKENESS_HOME, or 'tiny'")
     _plain(spec, field)
     path = Path(spec)
     real_home = Path(os.path.realpath(home))
@@ -121,7 +123,7 @@ def accept(kind: JobKind, config: BaseModel, home: Path, queue: JobQueue, photo_
 
 def _train(config: TrainConfig, home: Path, queue: JobQueue, model_roots: tuple[Path, ...] = (),
            reserve_mb: float = 0) -> tuple[TrainConfig, str]:
-    base = _base(config.base, home, model_roots, "config.base")
+    base = allowed_base(config.base, home, model_roots, "config.base")
     data = _inside(home, config.data, "config.data")
     if not data.is_dir():
         raise InvalidField("config.data", f"no dataset or photo folder at {relative(home, data)}")
@@ -163,7 +165,7 @@ def _prep(config: PrepConfig, home: Path, queue: JobQueue, photo_roots: tuple[Pa
 
 
 def _generate(config: GenerateConfig, home: Path, model_roots: tuple[Path, ...] = ()) -> tuple[GenerateConfig, str]:
-    update: dict[str, Any] = {"base": _base(config.base, home, model_roots, "config.base")}
+    update: dict[str, Any] = {"base": allowed_base(config.base, home, model_roots, "config.base")}
     run_dir = None
     if config.lora is not None:
         lora = update["lora"] = _inside(home, config.lora, "config.lora")
