@@ -15,7 +15,7 @@ from typing import Literal
 from engine.errors import LikenessError
 from engine.settings import Settings
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def resolve_base(spec: str, settings: Settings) -> BaseModelSource:
         return BaseModelSource(spec, "single_file", str(path.resolve()))
     if spec.endswith((".safetensors", ".ckpt")) or spec.startswith(("/", "./", "../", "~")):
         raise LikenessError(f"base model {spec} does not exist")
-    if _REPO_ID.match(spec):
+    if REPO_ID.match(spec):
         return BaseModelSource(spec, "hub", spec)
     raise LikenessError(
         f"unknown base model {spec!r}: give a Hugging Face repo id (owner/name), a diffusers folder, "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from engine.errors import LikenessError
 from engine.events import EventSink, Log, Progress, Started, ignore_events
@@ -23,35 +23,66 @@ from engine.lora_files import LORA_FILENAME
 from engine.run_dir import RunDir
 from engine.settings import Settings
 from engine.sweeps import PARAMETER_AXES, check_template, expand, placeholders
-from engine.train_config import DEFAULT_BASE
+from engine.train_config import DEFAULT_BASE, MAX_SEED, MAX_SIDE, MAX_STEPS
 
 DEFAULT_PROMPT = "a photo of {token} {class_word}"
+# One grid of 1,000 SDXL images is hours of GPU time; a sweep asking for more is a mistake.
+MAX_IMAGES = 1000
 
 
 class GenerateConfig(BaseModel):
     """What to draw, with which model, over which sweeps."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     lora: Path | None = Field(default=None, description="A run directory, or any LoRA .safetensors file; none = base only.")
-    step: int | None = Field(default=None, ge=0, description="Use the run's checkpoint at this step instead of its final LoRA.")
+    step: int | None = Field(default=None, ge=0, le=MAX_STEPS, strict=True, description="Use the run's checkpoint at this step instead of its final LoRA.")
     base: str | None = Field(default=None, description="Base model; default: the run's base, else SDXL base 1.0.")
     prompt: str = Field(default=DEFAULT_PROMPT, description="Prompt template; {placeholders} are filled from sweeps.")
     negative_prompt: str = Field(default="", description="Negative prompt.")
     sweeps: dict[str, list[Any]] = Field(default_factory=dict, description="Axis name -> values; first axis = columns.")
-    seed: int = Field(default=0, ge=0, description="Seed of the CPU generator that makes the initial noise.")
-    steps: int = Field(default=30, gt=0, description="Denoising steps.")
-    guidance: float = Field(default=5.0, ge=0, description="Classifier-free guidance scale.")
-    lora_scale: float = Field(default=1.0, ge=0, description="LoRA strength: 0 = the base model exactly, 1 = as trained.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, strict=True, description="Seed of the CPU generator that makes the initial noise.")
+    steps: int = Field(default=30, gt=0, le=1000, strict=True, description="Denoising steps.")
+    guidance: float = Field(default=5.0, ge=0, le=100, description="Classifier-free guidance scale.")
+    lora_scale: float = Field(default=1.0, ge=0, le=10, description="LoRA strength: 0 = the base model exactly, 1 = as trained.")
     temperature: float = Field(default=0.0, ge=0, le=1, description="Sampling randomness: DDIM eta, 0..1.")
-    width: int | None = Field(default=None, ge=64, multiple_of=8, description="Width; default: the run's resolution, else 1024.")
-    height: int | None = Field(default=None, ge=64, multiple_of=8, description="Height; default: as width.")
+    width: int | None = Field(default=None, ge=64, le=MAX_SIDE, multiple_of=8, strict=True, description="Width; default: the run's resolution, else 1024.")
+    height: int | None = Field(default=None, ge=64, le=MAX_SIDE, multiple_of=8, strict=True, description="Height; default: as width.")
     token: str | None = Field(default=None, description="Value of {token}; default: the run's token, else sks.")
     class_word: str | None = Field(default=None, description="Value of {class_word}; default: the run's, else person.")
     out: Path | None = Field(default=None, description="Output folder; default: RUN_DIR/generations/<time> or ./likeness-out/<time>.")
     force: bool = Field(default=False, description="Write into an output folder that already holds images.")
     device: str = Field(default="auto", description="torch device: auto, cpu, cuda, cuda:N.")
     mixed_precision: str = Field(default="auto", description="auto = fp16/bf16 on CUDA, fp32 on CPU.")
+
+    @field_validator("sweeps")
+    @classmethod
+    def _sweeps_within_bounds(cls, sweeps: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        # A swept parameter takes the same values as the field it sweeps (seed 2**70 or guidance
+        # Infinity is refused here, not half-way through a grid), and the grid has a size limit.
+        images = 1
+        for name, values in sweeps.items():
+            if not values:
+                raise ValueError(f"{name} has no values")
+            images *= len(values)
+            if images > MAX_IMAGES:
+                raise ValueError(f"the sweeps make over {MAX_IMAGES} images; split them into smaller runs")
+            if name in PARAMETER_AXES:
+                adapter = _axis_adapter(cls, name)
+                for value in values:
+                    try:
+                        adapter.validate_python(value)
+                    except ValidationError as error:
+                        raise ValueError(f"{name} value {value!r}: {error.errors()[0]['msg']}") from None
+        return sweeps
+
+
+def _axis_adapter(model: type[BaseModel], name: str) -> TypeAdapter:
+    """A validator for one swept value of the field `name`, with that field's type and bounds."""
+    from typing import Annotated
+
+    field = model.model_fields[name]
+    return TypeAdapter(Annotated[PARAMETER_AXES[name], *field.metadata], config=ConfigDict(allow_inf_nan=False))
 
 
 @dataclass(frozen=True)

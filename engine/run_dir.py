@@ -74,7 +74,13 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line a full disk cut short: the step is lost, the curve is not
+        return rows
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with self.metrics.open("a") as handle:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+# numpy's generators take seeds below 2**32: a larger one fails minutes into a run.
+MAX_SEED = 2**32 - 1
+# Bounds a config is checked against before it is accepted. Every number is finite (no Infinity or
+# NaN: an infinite guidance draws a black image), and whole numbers are strict (`true` is not 1).
+MAX_STEPS = 100_000
+MAX_SIDE = 4096
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, strict=True)]
 
 # Fixed prompts for the sample grids: the same prompts and seeds at every step, so the grids
 # show one model going from generic to specific rather than a new lottery each time.
@@ -21,7 +28,7 @@ DEFAULT_VALIDATION_PROMPTS = (
 class TrainConfig(BaseModel):
     """Everything that decides what a training run does. Stored whole in run.json and checkpoints."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     data: Path = Field(description="A prepared dataset (likeness prep) or a folder of photos.")
     out: Path = Field(description="Run directory: LoRA, checkpoints, sample grids, metrics, run.json.")
@@ -34,19 +41,19 @@ class TrainConfig(BaseModel):
         default=DEFAULT_BASE,
         description="Base model: a Hugging Face repo id, a local diffusers folder, a .safetensors file, or 'tiny'.",
     )
-    steps: int = Field(default=500, gt=0, description="Optimizer steps to train for.")
-    rank: int = Field(default=16, gt=0, description="LoRA rank (dimension of the low-rank update).")
+    steps: int = Field(default=500, gt=0, le=MAX_STEPS, strict=True, description="Optimizer steps to train for.")
+    rank: int = Field(default=16, gt=0, le=1024, strict=True, description="LoRA rank (dimension of the low-rank update).")
     alpha: float | None = Field(
-        default=None, gt=0, description="LoRA alpha; the update is scaled by alpha/rank. Default: equal to rank."
+        default=None, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha/rank. Default: equal to rank."
     )
-    lr: float = Field(default=1e-4, gt=0, description="Learning rate of the LoRA weights.")
+    lr: float = Field(default=1e-4, gt=0, le=1, description="Learning rate of the LoRA weights.")
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = Field(
         default="constant", description="Learning-rate schedule."
     )
-    lr_warmup_steps: int = Field(default=0, ge=0, description="Warm-up steps for the schedules that use them.")
-    resolution: int = Field(default=1024, ge=64, description="Training image size in pixels (square).")
-    batch_size: int = Field(default=1, gt=0, description="Images per optimizer step.")
-    seed: int = Field(default=0, ge=0, description="Seed for data order, noise and timesteps: same seed, same run.")
+    lr_warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS, strict=True, description="Warm-up steps for the schedules that use them.")
+    resolution: int = Field(default=1024, ge=64, le=MAX_SIDE, strict=True, description="Training image size in pixels (square).")
+    batch_size: int = Field(default=1, gt=0, le=256, strict=True, description="Images per optimizer step.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, strict=True, description="Seed for data order, noise and timesteps: same seed, same run.")
     token: str = Field(default="sks", min_length=1, description="Rare token that comes to mean this person.")
     class_word: str = Field(
         default="person",
@@ -57,8 +64,8 @@ class TrainConfig(BaseModel):
     prior_preservation: bool = Field(
         default=False, description="Regularise with class images the base model draws of '{class_word}'."
     )
-    num_class_images: int = Field(default=100, gt=0, description="Class images for prior preservation.")
-    prior_loss_weight: float = Field(default=1.0, ge=0, description="Weight of the prior-preservation loss.")
+    num_class_images: int = Field(default=100, gt=0, le=10_000, strict=True, description="Class images for prior preservation.")
+    prior_loss_weight: float = Field(default=1.0, ge=0, le=100, description="Weight of the prior-preservation loss.")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
         default="auto", description="Compute precision: auto = bf16 on CUDA cards that have it, else fp16; fp32 on CPU."
     )
@@ -84,16 +91,17 @@ class TrainConfig(BaseModel):
         default="auto", description="Attention kernel: auto = xformers when installed on CUDA, else PyTorch SDPA."
     )
     cache_latents: bool = Field(default=True, description="Encode every image with the VAE once, before the loop.")
-    sample_every: int = Field(default=100, ge=0, description="Make a sample grid every N steps (0 = never).")
-    sample_steps: int = Field(default=25, gt=0, description="Denoising steps for each sample image.")
-    sample_seeds: tuple[int, ...] = Field(default=(0, 1), min_length=1, description="Seeds: the grid's columns.")
+    sample_every: int = Field(default=100, ge=0, le=MAX_STEPS, strict=True, description="Make a sample grid every N steps (0 = never).")
+    sample_steps: int = Field(default=25, gt=0, le=1000, strict=True, description="Denoising steps for each sample image.")
+    sample_seeds: tuple[Seed, ...] = Field(default=(0, 1), min_length=1, max_length=64, description="Seeds: the grid's columns.")
     validation_prompts: tuple[str, ...] = Field(
         default=DEFAULT_VALIDATION_PROMPTS,
         min_length=1,
+        max_length=64,
         description="Prompts: the grid's rows; {token} and {class_word} are filled in.",
     )
-    checkpoint_every: int = Field(default=250, ge=0, description="Save a resumable checkpoint every N steps (0 = never).")
-    checkpoints_keep: int = Field(default=2, gt=0, description="How many of the newest checkpoints to keep.")
+    checkpoint_every: int = Field(default=250, ge=0, le=MAX_STEPS, strict=True, description="Save a resumable checkpoint every N steps (0 = never).")
+    checkpoints_keep: int = Field(default=2, gt=0, le=1000, strict=True, description="How many of the newest checkpoints to keep.")
     resume: bool = Field(default=False, description="Continue from the newest checkpoint in the run directory.")
     force: bool = Field(default=False, description="Overwrite a run directory that already holds a finished run.")
     device: str = Field(default="auto", description="torch device: auto = cuda when available, else cpu.")

@@ -5,12 +5,15 @@ upload limits, prep jobs from a path and from an upload, and a schemathesis fuzz
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -31,6 +34,19 @@ def service(tmp_path_factory, photos):
     (run / "samples" / "step-000000.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (home.parent / "secret.txt").write_text("outside")
     (run / "escape").symlink_to(home.parent / "secret.txt")
+    # A run and a dataset outside the home, linked in: they must not be served.
+    outside_run = home.parent / "outside-run"
+    outside_run.mkdir()
+    (outside_run / "run.json").write_text('{"status": "done", "secret": "outside"}')
+    (outside_run / "lora.safetensors").write_text("outside")
+    (outside_run / "metrics.jsonl").write_text('{"step": 1, "secret": "outside"}\n')
+    (home / "runs" / "linked").symlink_to(outside_run, target_is_directory=True)
+    outside_set = home.parent / "outside-dataset"
+    outside_set.mkdir()
+    (outside_set / "manifest.json").write_text('{"accepted": 1, "secret": "outside"}')
+    (outside_set / "report.png").write_text("outside")
+    (home / "datasets").mkdir()
+    (home / "datasets" / "linked").symlink_to(outside_set, target_is_directory=True)
     # Photos inside the home, for prep from a path the engine can see.
     shutil.copytree(photos, home / "photos")  # a copy: a symlink out of the home is refused, rightly
     running = Service(home, token=TOKEN, env={"LIKENESS_MAX_UPLOAD_MB": "1", "LIKENESS_MAX_UPLOAD_FILES": "5"})
@@ -62,6 +78,10 @@ def test_system_info(service):
     info = service.get("/system").json()
     assert info["device"] in ("cpu", "cuda") and info["versions"]["likeness"] and info["versions"]["torch"]
     assert set(info) >= {"gpu_name", "vram_free_mb", "vram_total_mb", "modal_configured", "home"}
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        # Kept cheap: without an NVIDIA device there is nothing for torch to find, and importing it
+        # took over 10 s on a loaded machine.
+        assert "libtorch" not in Path(f"/proc/{service.process.pid}/maps").read_text()
 
 
 @pytest.mark.parametrize(("body", "status", "field"), [
@@ -119,6 +139,144 @@ def test_paths_never_reach_outside_their_folder(service, path):
     answer = service.get(path)
     assert answer.status_code in (403, 404, 422), (path, answer.status_code)
     assert answer.content != b"outside" and b"root:" not in answer.content and b"SQLite" not in answer.content
+
+
+@pytest.mark.parametrize("path", [
+    "/runs/linked", "/runs/linked/lora", "/runs/linked/metrics", "/runs/linked/files/run.json",
+    "/datasets/linked", "/datasets/linked/manifest", "/datasets/linked/report", "/datasets/linked/files/manifest.json",
+])
+def test_run_and_dataset_folders_linked_from_outside_are_not_served(service, path):
+    answer = service.get(path)
+    assert answer.status_code == 404, (path, answer.status_code)
+    assert b"outside" not in answer.content
+
+
+def test_lists_leave_out_folders_linked_from_outside(service):
+    assert "linked" not in {run["name"] for run in service.get("/runs").json()}
+    assert "linked" not in {dataset["name"] for dataset in service.get("/datasets").json()}
+
+
+NUL = "a\x00b"
+LONG = "x" * 300
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"kind": "train", "config": train_config(NUL, data="runs/r")}, "config.out"),
+    ({"kind": "train", "config": train_config("runs/x", data=NUL)}, "config.data"),
+    ({"kind": "train", "config": train_config("runs/x", base=f"models/{NUL}")}, "config.base"),
+    ({"kind": "generate", "config": {"lora": NUL, "out": "runs/g"}}, "config.lora"),
+    ({"kind": "generate", "config": {"out": f"runs/{NUL}", "base": "tiny"}}, "config.out"),
+    ({"kind": "prep", "config": {"photos": NUL, "out": "datasets/x"}}, "config.photos"),
+    ({"kind": "prep", "config": {"photos": "photos", "reference": NUL, "out": "datasets/x"}}, "config.reference"),
+    ({"kind": "prep", "config": {"photos": "photos", "out": f"datasets/{NUL}"}}, "config.out"),
+    ({"kind": "train", "config": train_config("runs/x", data=LONG)}, "config.data"),
+    ({"kind": "train", "config": train_config(f"runs/{LONG}", data="runs/r")}, "config.out"),
+    ({"kind": "generate", "config": {"lora": f"runs/{LONG}", "out": "runs/g"}}, "config.lora"),
+    ({"kind": "prep", "config": {"photos": LONG, "out": "datasets/x"}}, "config.photos"),
+])
+def test_nul_bytes_and_overlong_names_in_paths_are_422_with_the_field(service, body, field):
+    answer = service.post("/jobs", json=body)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == field
+
+
+def test_nul_bytes_and_overlong_names_elsewhere_are_4xx(service):
+    assert service.post("/datasets", json={"name": "x", "photos": NUL}).status_code == 422
+    assert service.post("/datasets", json={"name": "x", "photos": LONG}).status_code == 422
+    for path in ("/runs/r/files/a%00b", f"/runs/r/files/{LONG}", f"/runs/r/files/samples/{LONG}.png",
+                 "/datasets/a%00b", "/runs/a%00b/lora", f"/datasets/linked/files/{LONG}"):
+        answer = service.get(path)
+        assert 400 <= answer.status_code < 500, (path, answer.status_code)
+
+
+def test_a_body_over_the_limit_without_content_length_is_413(service):
+    def chunks():  # chunked transfer encoding: no Content-Length to refuse it by
+        for _ in range(64):
+            yield b" " * 2**16
+
+    answer = service.post("/jobs", data=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413, answer.text
+
+
+def _post_json(service, path: str, body: dict) -> requests.Response:
+    # As JavaScript's and Python's JSON write them: Infinity and NaN are bare words (requests refuses them).
+    return service.post(path, data=json.dumps(body), headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(("config", "field"), [
+    (train_config("runs/x", seed=2**70), "config.seed"),
+    (train_config("runs/x", alpha=float("inf")), "config.alpha"),
+    (train_config("runs/x", lr=float("nan")), "config.lr"),
+    (train_config("runs/x", steps=True), "config.steps"),
+    (train_config("runs/x", steps=1e9), "config.steps"),
+    (train_config("runs/x", steps=10**9), "config.steps"),
+    (train_config("runs/x", resolution=2**40), "config.resolution"),
+    (train_config("runs/x", sample_seeds=[2**70]), "config.sample_seeds.0"),
+])
+def test_numbers_that_would_break_a_run_are_422_with_the_field(service, config, field):
+    answer = _post_json(service, "/jobs", {"kind": "train", "config": config})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize(("config", "field"), [
+    ({"seed": 2**70}, "config.seed"),
+    ({"guidance": float("inf")}, "config.guidance"),
+    ({"lora_scale": float("inf")}, "config.lora_scale"),
+    ({"steps": True}, "config.steps"),
+    ({"steps": 10**9}, "config.steps"),
+    ({"width": 2**40}, "config.width"),
+    ({"sweeps": {"age": list(range(100_000))}, "prompt": "{token} at {age}"}, "config.sweeps"),
+    ({"sweeps": {"seed": [1, 2**70]}}, "config.sweeps"),
+    ({"sweeps": {"guidance": [float("inf")]}}, "config.sweeps"),
+    ({"sweeps": {"steps": [True]}}, "config.sweeps"),
+])
+def test_generate_numbers_are_bounded_at_submit(service, config, field):
+    answer = _post_json(service, "/jobs", {"kind": "generate", "config": {"out": "runs/g", "base": "tiny", **config}})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == field
+
+
+def test_a_base_inside_the_home_or_a_models_root_or_a_repo_id_is_kept(tmp_path):
+    from engine.service.errors import InvalidField
+    from engine.service.submission import allowed_base
+
+    home, models = tmp_path / "home", tmp_path / "models"
+    (home / "models" / "mine").mkdir(parents=True)
+    (models / "sdxl.safetensors").parent.mkdir()
+    (models / "sdxl.safetensors").write_bytes(b"")
+    assert allowed_base("models/mine", home, (), "base") == str((home / "models" / "mine").resolve())
+    assert allowed_base(str(models / "sdxl.safetensors"), home, (models,), "base") == str(
+        (models / "sdxl.safetensors").resolve())
+    assert allowed_base("stabilityai/stable-diffusion-xl-base-1.0", home, (), "base") == \
+        "stabilityai/stable-diffusion-xl-base-1.0"
+    assert allowed_base("tiny", home, (), "base") == "tiny"
+    with pytest.raises(InvalidField, match="outside the allowed roots"):
+        allowed_base(str(models / "sdxl.safetensors"), home, (), "base")
+
+
+def test_an_empty_base_is_422(service):
+    answer = service.post("/jobs", json={"kind": "train", "config": train_config("runs/x", data="runs/r", base=" ")})
+    assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "config.base"
+
+
+@pytest.mark.parametrize("base", ["/etc", "/nonexistent/model", "../../../etc/passwd", "../outside-run",
+                                  "runs/linked", "/etc/passwd.safetensors"])
+def test_a_base_outside_the_allowed_roots_is_422_and_says_nothing_of_what_is_there(service, base):
+    for kind, config in (("train", train_config("runs/x", base=base)), ("generate", {"out": "runs/g", "base": base})):
+        answer = service.post("/jobs", json={"kind": kind, "config": config})
+        assert answer.status_code == 422, answer.text
+        detail = answer.json()["detail"]
+        assert detail.startswith("config.base: ") and "outside the allowed roots" in detail
+        assert "LIKENESS_MODEL_ROOTS" in detail and "model_index" not in detail
+
+
+def test_method_not_allowed_lists_every_method_of_the_path(service):
+    answer = requests.delete(service.url + "/jobs", headers=service.headers(), timeout=30)
+    assert answer.status_code == 405
+    assert {m.strip() for m in answer.headers["allow"].split(",")} >= {"GET", "POST"}
+    answer = requests.put(service.url + "/jobs/1/cancel", headers=service.headers(), timeout=30)
+    assert answer.status_code == 405 and answer.headers["allow"] == "POST"
 
 
 def test_files_are_served_with_their_content_type(service):

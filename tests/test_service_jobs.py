@@ -126,6 +126,8 @@ def test_kill_9_interrupts_the_job_and_resume_gives_the_uninterrupted_lora(tmp_p
     try:
         interrupted = second.get(f"/jobs/{job['id']}").json()
         assert interrupted["state"] == "interrupted" and "resume" in interrupted["error"]
+        # The trainer was killed before it could say so: run.json says what the job row says.
+        assert RunDir(service_home / "runs" / "killed").read_run()["status"] == "interrupted"
         assert main(["jobs", "--server", second.url]) == 0
         row = next(line for line in capsys.readouterr().out.splitlines() if "runs/killed" in line)
         assert "interrupted" in row and " auto " in row  # train jobs say where they run

@@ -19,7 +19,7 @@ FRAMING_VERTICAL_OFFSET: dict[str, float] = {"face": -0.1, "head-and-shoulders":
 class PrepConfig(BaseModel):
     """Everything that decides which photos make the dataset and how they are cropped."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     photos: Path = Field(description="Folder (searched recursively) or .zip export holding the photos.")
     out: Path = Field(description="Dataset folder to create: images/, manifest.json, identity.json, report.png.")
@@ -28,7 +28,7 @@ class PrepConfig(BaseModel):
         default=None,
         description="Photo or folder of photos of the person to keep; overrides the most-photographed guess.",
     )
-    size: int = Field(default=1024, ge=64, le=4096, description="Side of the square training images in pixels.")
+    size: int = Field(default=1024, ge=64, le=4096, strict=True, description="Side of the square training images in pixels.")
     framing: Framing = Field(default="face", description="How much of the person each crop shows.")
     face_fraction: float | None = Field(
         default=None,
@@ -46,7 +46,7 @@ class PrepConfig(BaseModel):
         description="Faces farther than this from the identity's centroid are a different person.",
     )
     min_sharpness: float = Field(
-        default=40.0, ge=0.0, description="Reject a face whose variance of the Laplacian is below this (blurry)."
+        default=40.0, ge=0.0, le=1e6, description="Reject a face whose variance of the Laplacian is below this (blurry)."
     )
     min_brightness: float = Field(
         default=45.0, ge=0.0, le=255.0, description="Reject a face whose mean brightness (0-255) is below this."
@@ -58,6 +58,7 @@ class PrepConfig(BaseModel):
         default=6,
         ge=-1,
         le=64,
+        strict=True,
         description="A photo within this many bits (perceptual hash) of a sharper kept one is its near-duplicate; "
         "-1 keeps all.",
     )
@@ -65,19 +66,20 @@ class PrepConfig(BaseModel):
         default=1280,
         ge=256,
         le=8192,
+        strict=True,
         description="Longest side of the copy faces are searched in (JPEGs: the DCT scale at or above 3/4 of it); larger finds smaller faces, slower.",
     )
     detector: Literal["auto", "hog", "cnn"] = Field(
         default="auto", description="Face detector: HOG on the CPU, CNN (dlib with CUDA); auto picks CNN when it can."
     )
     max_pixels: int = Field(
-        default=120_000_000, ge=1, description="Reject images with more pixels than this (decompression bombs)."
+        default=120_000_000, ge=1, le=2**31, strict=True, description="Reject images with more pixels than this (decompression bombs)."
     )
     caption: bool = Field(default=False, description="Write images/NNNN.txt holding the instance prompt.")
     token: str = Field(default="sks", min_length=1, description="Rare token that names the person in prompts.")
     class_word: str = Field(default="person", min_length=1, description="Class noun that follows the token.")
     workers: int | None = Field(
-        default=None, ge=1, le=256, description="Processes analysing photos; None uses every core."
+        default=None, ge=1, le=256, strict=True, description="Processes analysing photos; None uses every core."
     )
 
     @model_validator(mode="after")

@@ -66,8 +66,9 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
     """The service for LIKENESS_HOME = `settings.home`; `token` None means loopback without a token."""
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
-    queue = SqliteJobQueue(home / DB_FILENAME)
+    queue = SqliteJobQueue(home / DB_FILENAME, keep_open=True)
     runner = JobRunner(queue, settings, cancel_grace_s=config.cancel_grace_s)
+    limits = {"model_roots": config.model_root_paths, "reserve_mb": config.min_free_mb}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -101,7 +102,8 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
     def submit_job(request: JobRequest) -> Job:
         """Queue a prep, train or generate job with its typed config."""
         placement = (request.where, request.gpu) if isinstance(request, TrainJobRequest) else ("auto", None)
-        job = submission.accept(request.kind, request.config, home, queue, config.photo_root_paths, *placement)
+        job = submission.accept(request.kind, request.config, home, queue, config.photo_root_paths, *placement,
+                                **limits)
         runner.wake()
         return job
 
@@ -148,7 +150,7 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
         """The job's events as SSE; reconnect with Last-Event-ID to get exactly the ones missed."""
         await run_in_threadpool(queue.get, job_id)  # 404 now, not inside a stream
         start = after or 0
-        if last_event_id is not None:
+        if last_event_id is not None and last_event_id.strip():  # an empty header is no header
             if not last_event_id.strip().isdigit() or int(last_event_id) > MAX_ID:
                 raise ServiceError("Last-Event-ID must be the id (a whole number) of an event")
             start = int(last_event_id)
@@ -254,8 +256,13 @@ async def _stream(queue: SqliteJobQueue, job_id: int, last: int, follow: bool, r
     while True:
         # The job row first, then the events: a final state read here has its final event already
         # committed (same transaction), so the read after it cannot miss it.
-        job = await run_in_threadpool(queue.get, job_id)
-        events: list[JobEvent] = await run_in_threadpool(queue.events, job_id, last)
+        try:
+            job = await run_in_threadpool(queue.get, job_id)
+            events: list[JobEvent] = await run_in_threadpool(queue.events, job_id, last)
+        except LikenessError:
+            # The job's row is gone (the database was deleted) or cannot be read: the stream ends
+            # here and a reconnecting client gets the answer as a status.
+            return
         for event in events:
             yield f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
             last = event.id
@@ -271,6 +278,19 @@ async def _stream(queue: SqliteJobQueue, job_id: int, last: int, follow: bool, r
         if quiet >= KEEPALIVE_S:  # a comment line keeps proxies from closing an idle stream
             quiet = 0.0
             yield ": keep-alive\n\n"
+
+
+def _allowed_methods(app: FastAPI, scope: dict) -> list[str]:
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= route.methods
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def _field(loc: tuple | list) -> str:
@@ -302,8 +322,12 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only; /jobs has two.
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.scope))
+        return JSONResponse({"detail": str(error.detail)}, status_code=error.status_code, headers=headers)
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(_request: Request, error: BodyTooLarge) -> JSONResponse:

@@ -5,12 +5,14 @@
     LIKENESS_HOME/runs/NAME      a training run (and its generations/)
 
 Every path here comes through `security.contained`, so nothing outside a dataset or run folder
-is ever listed or served.
+is ever listed or served. A dataset or run folder is itself resolved on every read: one that is
+a symlink to somewhere outside LIKENESS_HOME is no dataset or run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from urllib.parse import quote
 
 from engine.lora_files import LORA_FILENAME
 from engine.run_dir import RunDir
-from engine.service.errors import NotFound
+from engine.service.errors import NotFound, PathRefused
 from engine.service.models import NAME_PATTERN, DatasetSummary, RunSummary
 from engine.service.security import contained
 
@@ -52,18 +54,27 @@ def file_url(home: Path, path: Path | str) -> str | None:
     return None
 
 
-def dataset_dir(home: Path, name: str) -> Path:
-    folder = home / DATASETS / check_name(name, "dataset")
-    if not (folder / "manifest.json").is_file():
-        raise NotFound(f"no dataset named {name!r}")
+def _home_folder(home: Path, parent: str, name: str, marker: str, what: str) -> Path:
+    """HOME/parent/NAME after symlinks, holding `marker`: a link that leads outside the home is no such folder."""
+    try:
+        folder = contained(home, f"{parent}/{check_name(name, what)}")
+    except PathRefused:
+        raise NotFound(f"no {what} named {name!r}") from None
+    if not (folder / marker).is_file():
+        raise NotFound(f"no {what} named {name!r}")
     return folder
+
+
+def _inside_home(home: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(folder)).is_relative_to(os.path.realpath(home))
+
+
+def dataset_dir(home: Path, name: str) -> Path:
+    return _home_folder(home, DATASETS, name, "manifest.json", "dataset")
 
 
 def run_dir(home: Path, name: str) -> Path:
-    folder = home / RUNS / check_name(name, "run")
-    if not (folder / "run.json").is_file():
-        raise NotFound(f"no run named {name!r}")
-    return folder
+    return _home_folder(home, RUNS, name, "run.json", "run")
 
 
 def dataset_file(home: Path, name: str, path: str) -> Path:
@@ -76,7 +87,11 @@ def run_file(home: Path, name: str, path: str) -> Path:
 
 def _file_in(root: Path, path: str) -> Path:
     target = contained(root, path)
-    if not target.is_file():
+    try:
+        found = target.is_file()
+    except OSError:  # a path the file system cannot even look up (too long after its links): not there
+        found = False
+    if not found:
         raise NotFound(f"no file {path!r}")
     return target
 
@@ -85,6 +100,8 @@ def list_datasets(home: Path) -> list[DatasetSummary]:
     found = []
     for folder in sorted((home / DATASETS).glob("*/manifest.json")):
         root = folder.parent
+        if not _inside_home(home, folder):
+            continue  # a link to a dataset outside the home: not ours to show
         try:
             manifest = json.loads(folder.read_text())
         except (OSError, json.JSONDecodeError):
@@ -128,7 +145,8 @@ def run_summary(home: Path, folder: Path) -> RunSummary:
 
 
 def list_runs(home: Path) -> list[RunSummary]:
-    return [run_summary(home, path.parent) for path in sorted((home / RUNS).glob("*/run.json"))]
+    return [run_summary(home, path.parent) for path in sorted((home / RUNS).glob("*/run.json"))
+            if _inside_home(home, path)]
 
 
 def run_detail(home: Path, name: str) -> dict[str, Any]:
@@ -148,6 +166,8 @@ def run_detail(home: Path, name: str) -> dict[str, Any]:
                         "identity_score": mean})
     generations = []
     for folder_ in sorted((folder / "generations").glob("*/")):
+        if not _inside_home(home, folder_):
+            continue
         generations.append({"name": folder_.name,
                             "grids": [file_url(home, g) for g in sorted(folder_.glob("*.png"))],
                             "images": len(list((folder_ / "images").glob("*.png")))})

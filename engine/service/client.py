@@ -208,8 +208,10 @@ def report_end(job_id: int, final: dict[str, Any] | None) -> int:
             print(f"accepted {result['accepted']} of {result.get('found')} photos")
         return 0
     if final["type"] == "failed":
-        log = f" (log: {data['log']})" if data.get("log") else ""
-        print(f"likeness: job {job_id} failed: {data.get('reason')}{log}", file=sys.stderr)
+        reason = str(data.get("reason"))
+        # A worker that died says where its log is in the reason already: the path once, not twice.
+        log = f" (log: {data['log']})" if data.get("log") and data["log"] not in reason else ""
+        print(f"likeness: job {job_id} failed: {reason}{log}", file=sys.stderr)
     elif final["type"] == "interrupted":
         print(f"likeness: job {job_id} was interrupted; `likeness resume {job_id}` continues it", file=sys.stderr)
     else:

@@ -31,6 +31,16 @@ class ServiceConfig(BaseSettings):
         description="Folders beyond LIKENESS_HOME that prep may read photos from (it never writes there), "
         "separated by os.pathsep. The TUI's own local engine allows the user's home folder.",
     )
+    model_roots: str = Field(
+        default="",
+        description="Folders beyond LIKENESS_HOME that a job's base model may be read from (diffusers folders, "
+        ".safetensors files), separated by os.pathsep. Any other base must be a Hugging Face repo id or 'tiny'.",
+    )
+    min_free_mb: float = Field(
+        default=0, ge=0,
+        description="Free space to leave under LIKENESS_HOME: a training run whose checkpoints would eat into "
+        "it is refused before it starts.",
+    )
     max_upload_mb: float = Field(default=2048, gt=0, description="Largest photo upload, all files together, in MiB.")
     max_upload_files: int = Field(default=500, gt=0, description="Most files one photo upload may hold.")
     cancel_grace_s: float = Field(
@@ -42,6 +52,10 @@ class ServiceConfig(BaseSettings):
     @property
     def photo_root_paths(self) -> tuple[Path, ...]:
         return tuple(Path(part).expanduser() for part in self.photo_roots.split(os.pathsep) if part.strip())
+
+    @property
+    def model_root_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(part).expanduser() for part in self.model_roots.split(os.pathsep) if part.strip())
 
     @property
     def max_upload_bytes(self) -> int:

@@ -44,3 +44,13 @@ class InvalidField(ServiceError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+class StorageError(ServiceError):
+    """The disk or the job database cannot take a write now (full, read-only, replaced); nothing changed.
+
+    409, not 507: the service itself is fine and every read still answers; the request may be sent
+    again once there is room, and house rules keep 5xx for bugs.
+    """
+
+    status = 409

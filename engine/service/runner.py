@@ -23,12 +23,15 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from engine.errors import LikenessError, TrainingCancelled
 from engine.placement import OutOfGpuMemory
+from engine.run_dir import RunDir
+from engine.service import storage
 from engine.service.catalog import LOGS, file_url, relative
-from engine.service.models import CPU_KINDS, GPU_KINDS, Job
+from engine.service.errors import NotFound
+from engine.service.models import CPU_KINDS, FINAL_STATES, GPU_KINDS, Job
 from engine.service.queue import JobQueue
 from engine.settings import Settings
 
@@ -46,34 +49,59 @@ class JobInterrupted(BaseException):
 
 @dataclass
 class _Worker:
-    process: subprocess.Popen
+    process: subprocess.Popen | _NoProcess
     job: Job
     slot: str
     log: str
     cancel_seen_at: float | None = None
     killed_for_cancel: bool = False
+    ending: tuple[str, str] | None = None  # (state, reason) decided by the service, not the worker
 
 
 class JobRunner:
-    """The service's scheduler thread: starts workers for queued jobs and reaps them."""
+    """The service's scheduler thread: starts workers for queued jobs and reaps them.
 
-    def __init__(self, queue: JobQueue, settings: Settings, cancel_grace_s: float = 60.0, poll_s: float = 0.2):
+    A dead worker is forgotten only once its end is on record. While the database cannot be
+    written (a full disk, a read-only file) its slot stays taken and every poll tries again, so
+    the job never stays `running` after the fault is gone and no second GPU job starts meanwhile.
+    """
+
+    def __init__(self, queue: JobQueue, settings: Settings, cancel_grace_s: float = 60.0, poll_s: float = 0.2,
+                 worker_env: dict[str, str] | None = None):
         self.queue = queue
         self.home = settings.home
         self.cancel_grace_s = cancel_grace_s
         self.poll_s = poll_s
+        self.worker_env = worker_env if worker_env is not None else worker_environment(os.environ)
         self._workers: dict[int, _Worker] = {}
+        self._recovered = False
+        self._problem: str | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Mark what a crash left running as interrupted, then start scheduling."""
-        for job in self.queue.running_jobs():
-            _end_stale_worker(job.worker_pid)
-        self.queue.interrupt_running(INTERRUPTED_REASON)
+        self._recover()
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
         self._thread.start()
+
+    def _recover(self) -> bool:
+        try:
+            stale = self.queue.running_jobs()
+            for job in stale:
+                _end_stale_worker(job.worker_pid)
+            ended = set(self.queue.interrupt_running(INTERRUPTED_REASON))
+        except LikenessError as error:
+            # A read-only or full database: start anyway (reads work) and try again at every poll; the
+            # queue starts nothing while those rows still say running.
+            self._report(error)
+            return False
+        self._recovered = True
+        for job in stale:
+            if job.id in ended:
+                _settle_run_dir(job, "interrupted")
+        return True
 
     def wake(self) -> None:
         """Look at the queue now rather than at the next poll (a job was submitted)."""
@@ -96,18 +124,44 @@ class JobRunner:
                 worker.process.kill()
                 worker.process.wait()
         self._reap()
-        self.queue.interrupt_running(INTERRUPTED_REASON)
+        try:
+            self.queue.interrupt_running(INTERRUPTED_REASON)
+        except LikenessError as error:  # the next start marks them interrupted
+            self._report(error)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                # Nothing starts before what a crash left running is marked interrupted: a job started
+                # first would be among the rows that marking ends.
+                if not self._recovered and not self._recover():
+                    self._wake.wait(self.poll_s)
+                    self._wake.clear()
+                    continue
                 self._reap()
                 self._enforce_cancels()
                 self._start_next()
-            except Exception:  # the scheduler must outlive any one bad row or failed fork
-                traceback.print_exc()
+            except LikenessError as error:  # a full disk or read-only database: one line, not a traceback a poll
+                self._report(error)
+            except Exception as error:  # the scheduler must outlive any one bad row or failed fork
+                if repr(error) != self._problem:  # a traceback once, not one every poll
+                    _say(traceback.format_exc())
+                self._problem = repr(error)
+            else:
+                self._report(None)
             self._wake.wait(self.poll_s)
             self._wake.clear()
+
+    def _report(self, problem: Exception | None) -> None:
+        """Say on the service's output when the queue stops and starts working again, once each."""
+        text = str(problem) if problem is not None else None
+        if text == self._problem:
+            return
+        if text is not None:
+            _say(f"likeness service: {text}")
+        elif self._problem is not None:
+            _say("likeness service: the job database works again")
+        self._problem = text
 
     def _start_next(self) -> None:
         busy = {worker.slot for worker in self._workers.values()}
@@ -119,12 +173,10 @@ class JobRunner:
                 self._spawn(job, slot)
 
     def _spawn(self, job: Job, slot: str) -> None:
-        log = f"{LOGS}/job-{job.id:06d}.log"
-        log_path = self.home / log
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "LIKENESS_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        env = {**self.worker_env, "LIKENESS_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         try:
-            with log_path.open("ab") as handle:
+            log, handle = _open_log(self.home, job)
+            with handle:
                 handle.write(f"--- job {job.id} attempt {job.attempt}, {_now()}\n".encode())
                 handle.flush()
                 # A session of its own: Ctrl-C in the service's terminal reaches the service, which
@@ -134,39 +186,118 @@ class JobRunner:
                     stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=self.home,
                     start_new_session=True)
         except OSError as error:
-            self.queue.finish(job.id, job.attempt, "failed", error=f"could not start a worker: {error}",
-                              data={"reason": f"could not start a worker: {error}", "log": log})
+            reason = storage.disk_full_reason(self.home) if storage.is_disk_full(error) else (
+                f"could not start a worker: {error}")
+            # Kept as a dead worker until its end is on record: the reaper retries that at every poll.
+            self._workers[job.id] = _Worker(_NoProcess(), job, slot, "", ending=("failed", reason))
             return
-        self.queue.set_worker(job.id, process.pid, log)
         self._workers[job.id] = _Worker(process, job, slot, log)
+        self.queue.set_worker(job.id, process.pid, log)
 
     def _reap(self) -> None:
         for job_id, worker in list(self._workers.items()):
             code = worker.process.poll()
             if code is None:
                 continue
-            del self._workers[job_id]
             # A worker records its own ending; one that died without a word (killed, out of memory,
             # a crash in native code) is ended here.
-            if worker.killed_for_cancel:
-                reason = "cancelled (killed: it did not reach a step boundary in time)"
-                self.queue.finish(job_id, worker.job.attempt, "cancelled", error=reason, data={"reason": reason})
+            if worker.ending is not None:
+                state, reason = worker.ending
+            elif worker.killed_for_cancel:
+                state, reason = "cancelled", "cancelled (killed: it did not reach a step boundary in time)"
             elif self._stop.is_set():
-                self.queue.finish(job_id, worker.job.attempt, "interrupted", error=INTERRUPTED_REASON)
+                state, reason = "interrupted", INTERRUPTED_REASON
             else:
-                reason = f"the worker process died (exit code {code}); see {worker.log}"
-                self.queue.finish(job_id, worker.job.attempt, "failed", error=reason,
-                                  data={"reason": reason, "log": worker.log})
+                state, reason = "failed", f"the worker process died (exit code {code}); see {worker.log}"
+            data = {"reason": reason, **({"log": worker.log} if state == "failed" and worker.log else {})}
+            try:
+                self.queue.finish(job_id, worker.job.attempt, state, error=reason, data=data)
+                ended = self.queue.get(job_id)
+            except NotFound:  # the database was deleted under us: there is no row left to end
+                del self._workers[job_id]
+                continue
+            except LikenessError as error:
+                self._report(error)  # kept: its slot stays taken, and the next poll tries again
+                continue
+            del self._workers[job_id]
+            if ended.attempt == worker.job.attempt and ended.state in FINAL_STATES:
+                _settle_run_dir(ended, ended.state)
 
     def _enforce_cancels(self) -> None:
         now = time.monotonic()
         for job_id, worker in self._workers.items():
-            if worker.killed_for_cancel or not self.queue.cancel_requested(job_id):
+            if worker.killed_for_cancel or worker.process.poll() is not None or not self.queue.cancel_requested(job_id):
                 continue
             worker.cancel_seen_at = worker.cancel_seen_at or now
             if now - worker.cancel_seen_at > self.cancel_grace_s:
                 worker.killed_for_cancel = True
                 worker.process.kill()
+
+
+class _NoProcess:
+    """Stands for a worker that could not be started: it has already ended."""
+
+    pid = None
+
+    def poll(self) -> int:
+        return -1
+
+    def wait(self, _timeout: float | None = None) -> int:
+        return -1
+
+    def terminate(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+
+def worker_environment(environ: dict[str, str] | os._Environ) -> dict[str, str]:
+    """The service's environment less what a worker must not hold: the API's token (a worker talks
+    to the database, never to the API, and a job's code or log must not be able to leak it)."""
+    return {key: value for key, value in environ.items() if key not in _SERVICE_ONLY}
+
+
+_SERVICE_ONLY = frozenset({"LIKENESS_TOKEN", "LIKENESS_TOKEN_FILE"})
+
+
+def _open_log(home: Path, job: Job) -> tuple[str, BinaryIO]:
+    """The job's log: a resumed attempt appends to its job's log, a new job always gets a new file,
+    even when its id was used before (the database was deleted and ids started again at 1)."""
+    folder = home / LOGS
+    folder.mkdir(parents=True, exist_ok=True)
+    if job.attempt > 1 and job.log and (home / job.log).is_file():
+        return job.log, (home / job.log).open("ab")
+    for n in range(1, 10_000):
+        name = f"{LOGS}/job-{job.id:06d}.log" if n == 1 else f"{LOGS}/job-{job.id:06d}-{n}.log"
+        try:
+            return name, (home / name).open("xb")
+        except FileExistsError:
+            continue
+    raise OSError(f"no free log name for job {job.id} in {folder}")
+
+
+def _settle_run_dir(job: Job, state: str) -> None:
+    """After a train job ended without its worker saying so (killed, crashed, service gone): remove
+    what a cut-short write left, and make run.json say how the run ended instead of `running`."""
+    if job.kind != "train" or not isinstance(job.config.get("out"), str):
+        return
+    run = RunDir(Path(job.config["out"]))
+    try:
+        storage.remove_partials(run.root)
+        record = run.read_run()
+        if record is not None and record.get("status") == "running":
+            run.write_run({**record, "status": state})
+    except OSError as error:  # a full disk: run.json keeps its old word, the job's row has the truth
+        _say(f"likeness service: could not update {run.run_json}: {error}")
+
+
+def _say(line: str) -> None:
+    """A line on the service's output, which may sit on the full disk itself: never raise."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _end_stale_worker(pid: int | None) -> None:
@@ -290,6 +421,7 @@ def _exit_with_service(service_pid: int) -> None:
 
 def run_job(job_id: int, service_pid: int) -> int:
     """The worker: run one attempt of a job and record how it ended."""
+    from engine.service.config import ServiceConfig
     from engine.service.sqlite_queue import DB_FILENAME, SqliteJobQueue
 
     _exit_with_service(service_pid)
@@ -299,35 +431,108 @@ def run_job(job_id: int, service_pid: int) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     settings = Settings()
-    queue = SqliteJobQueue(settings.home / DB_FILENAME)
+    home = settings.home
+    queue = SqliteJobQueue(home / DB_FILENAME)
     job = queue.get(job_id)
     log = job.log
-    recorder = EventRecorder(queue, job, settings.home, cancel_on_progress=job.kind != "train")
+    out = _LogWriter()
+    recorder = EventRecorder(queue, job, home, cancel_on_progress=job.kind != "train")
     try:
+        if job.kind == "train":
+            _check_room(job, home, ServiceConfig().min_free_mb)
         result = _RUNS[job.kind](job, settings, recorder)
     except TrainingCancelled as stop:
-        queue.finish(job.id, job.attempt, "cancelled", error=str(stop) or "cancelled")
+        _record_end(queue, job, out, "cancelled", error=str(stop) or "cancelled")
         return 0
     except JobInterrupted:
-        queue.finish(job.id, job.attempt, "interrupted", error=INTERRUPTED_REASON)
+        _record_end(queue, job, out, "interrupted", error=INTERRUPTED_REASON)
         return 0
-    except LikenessError as error:
-        print(f"{_now()} failed: {error}", flush=True)
-        data = {"reason": str(error), "log": log}
-        if isinstance(error, OutOfGpuMemory):
-            # Not a crash: the run is whole up to its last checkpoint. The event says so, and the TUI
-            # offers to resume it on a cloud GPU (POST /jobs/{id}/resume {"where": "modal"}).
-            data.update(out_of_memory=True, checkpoint_step=error.checkpoint_step)
-        queue.finish(job.id, job.attempt, "failed", error=str(error), data=data)
-        return 1
     except Exception as error:
-        traceback.print_exc()
-        first = (str(error).strip().splitlines() or [""])[0][:300]
-        reason = f"{type(error).__name__}: {first}" if first else type(error).__name__
-        queue.finish(job.id, job.attempt, "failed", error=reason, data={"reason": reason, "log": log})
+        data: dict[str, Any] = {"log": log}
+        if storage.is_disk_full(error):
+            # Told before anything is freed, so the number is the one the run met; then its
+            # half-written files go, which also makes room for the log and the database.
+            reason = storage.disk_full_reason(home)
+            if job.kind == "train":
+                storage.remove_partials(Path(job.config["out"]))
+            out.write(traceback.format_exc())
+        elif isinstance(error, LikenessError):
+            reason = str(error)
+            if isinstance(error, OutOfGpuMemory):
+                # Not a crash: the run is whole up to its last checkpoint. The event says so, and the TUI
+                # offers to resume it on a cloud GPU (POST /jobs/{id}/resume {"where": "modal"}).
+                data.update(out_of_memory=True, checkpoint_step=error.checkpoint_step)
+        else:
+            out.write(traceback.format_exc())
+            first = (str(error).strip().splitlines() or [""])[0][:300]
+            reason = f"{type(error).__name__}: {first}" if first else type(error).__name__
+        out.write(f"{_now()} failed: {reason}\n")
+        _record_end(queue, job, out, "failed", error=reason, data={"reason": reason, **data})
+        _settle_run_dir(job, "failed")  # the trainer's own last word may not have reached the disk
         return 1
-    queue.finish(job.id, job.attempt, "done", result=result, data={"result": result})
+    _record_end(queue, job, out, "done", result=result, data={"result": result})
     return 0
+
+
+def _check_room(job: Job, home: Path, reserve_mb: float) -> None:
+    """Fail before loading anything when the run's checkpoints cannot fit (the disk may have filled
+    since the job was submitted)."""
+    from engine.train_config import TrainConfig
+
+    problem = storage.room_problem(TrainConfig.model_validate(job.config), home, reserve_mb)
+    if problem is not None:
+        raise LikenessError(problem)
+
+
+class _LogWriter:
+    """Writes to the job's log (our stdout) without ever raising: what a full disk refuses is kept
+    and written when there is room again, so the reason and traceback are not lost."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def write(self, text: str) -> None:
+        self.pending += text.encode(errors="replace")
+        self.flush()
+
+    def flush(self) -> bool:
+        try:
+            sys.stdout.flush()  # what print() buffered goes first, in order
+        except OSError:
+            pass
+        while self.pending:
+            try:
+                written = os.write(1, self.pending)
+            except OSError:
+                return False
+            self.pending = self.pending[written:]
+        return True
+
+
+def _record_end(queue: JobQueue, job: Job, out: _LogWriter, state: str, error: str | None = None,
+                result: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
+    """Record how the attempt ended, trying until the database takes it (it may be full or read-only
+    for a while): only this process knows the true ending, so it does not give up while its service
+    lives (a service that dies takes this process with it, and its successor marks the job interrupted)."""
+    delay, told = 0.2, False
+    while True:
+        out.flush()
+        try:
+            queue.finish(job.id, job.attempt, state, error=error, result=result, data=data)
+        except LikenessError as problem:
+            if not told:
+                out.write(f"{_now()} cannot record that job {job.id} is {state} yet, retrying: {problem}\n")
+                told = True
+        else:
+            # The log may still be waiting for room (the database had some, the log file none): a
+            # while longer, so the traceback is not lost.
+            for _ in range(150):
+                if out.flush():
+                    return
+                time.sleep(0.2)
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def _now() -> str:

@@ -11,11 +11,27 @@ import json
 import os
 from pathlib import Path
 
-from engine.service.errors import PathRefused
+from starlette.exceptions import HTTPException
+
+from engine.service.errors import NotFound, PathRefused
 
 # Reachable without the token: the container HEALTHCHECK has no token, and says nothing secret.
 OPEN_PATHS = frozenset({"/health"})
 JSON_BODY_LIMIT = 1 * 2**20  # configs are a few KB; anything much larger is a mistake or an attack
+# Linux's limits: longer names cannot exist, and asking the file system about them raises.
+NAME_MAX = 255
+PATH_MAX = 4096
+
+
+def path_problem(text: str) -> str | None:
+    """Why `text` can never name a file here (a NUL byte, a name or path over Linux's limits), or None."""
+    if "\x00" in text:
+        return "contains a NUL byte"
+    if len(text.encode(errors="surrogateescape")) >= PATH_MAX:
+        return f"is longer than {PATH_MAX} bytes"
+    if any(len(part.encode(errors="surrogateescape")) > NAME_MAX for part in text.split("/")):
+        return f"has a name longer than {NAME_MAX} bytes"
+    return None
 
 
 def contained(root: Path, path: str | Path) -> Path:
@@ -27,6 +43,8 @@ def contained(root: Path, path: str | Path) -> Path:
     text = str(path)
     if "\x00" in text:
         raise PathRefused(f"path {text!r} is not allowed")
+    if path_problem(text):
+        raise NotFound(f"no file {text[:80]!r}...: it {path_problem(text)}")
     root_real = Path(os.path.realpath(root))
     target = Path(os.path.realpath(text if Path(text).is_absolute() else root_real / text))
     if target != root_real and not target.is_relative_to(root_real):
@@ -46,8 +64,14 @@ def _deny(status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = 
     return send_response
 
 
-class BodyTooLarge(Exception):
-    """A request body that went past its limit while it streamed in (no Content-Length)."""
+class BodyTooLarge(HTTPException):
+    """A request body that went past its limit while it streamed in (no Content-Length).
+
+    An HTTPException: FastAPI re-raises those from its body parsing, where any other error would
+    become a 400 "error parsing the body"."""
+
+    def __init__(self, detail: str):
+        super().__init__(status_code=413, detail=detail)
 
 
 class Guard:

@@ -3,20 +3,26 @@
 WAL lets the API read while a worker writes events. Every write is a short `BEGIN IMMEDIATE`
 transaction on a fresh connection: connections are cheap, and no connection is ever shared
 between threads or processes.
+
+The file may go wrong under the service: a full disk or a read-only file makes writes fail
+(`StorageError`, a 409: nothing changed, try again), and a deleted or replaced file is noticed
+at the next connection and given its schema again, so the API never answers "no such table".
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from engine.placement import Where
-from engine.service.errors import Conflict, NotFound
+from engine.service.errors import Conflict, NotFound, StorageError
 from engine.service.models import FINAL_STATES, Job, JobEvent, JobKind
 from engine.service.queue import JobQueue
 
@@ -65,29 +71,82 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE jobs ADD COLUMN gpu TEXT")
 
 
+def _storage_error(error: sqlite3.Error) -> StorageError:
+    return StorageError(f"the job database cannot be used now ({error}); free space under LIKENESS_HOME "
+                        "or make jobs.sqlite3 writable, then try again")
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 class SqliteJobQueue(JobQueue):
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_open: bool = False):
+        """`keep_open`: hold one idle connection for the queue's life (the service does). SQLite removes
+        the -wal and -shm files when the last connection closes, and a reader must create them again,
+        which a full disk refuses: with one connection always open, reads never need to write."""
         self.path = path
+        self._keep_open = keep_open
+        self._keeper: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file that has our schema
+        self._schema_lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            # WAL is a property of the file: set once, every later connection gets it.
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            _migrate(db)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._ensure_schema()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _ensure_schema(self) -> None:
+        """Give the file its tables, once per file: again if it was deleted or replaced."""
+        with self._schema_lock:
+            if self._identity is not None and self._file_identity() == self._identity:
+                return  # another thread got here first
+            if self._keeper is not None:
+                # Closed first: it holds the old file's -wal and -shm, which must not meet the new file.
+                self._keeper.close()
+                self._keeper = None
+            if self._file_identity() is None:
+                for stale in ("-wal", "-shm"):  # a journal without its database would be replayed into a new one
+                    Path(f"{self.path}{stale}").unlink(missing_ok=True)
+            try:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                try:
+                    db.row_factory = sqlite3.Row
+                    # WAL is a property of the file: set once, every later connection gets it.
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.executescript(_SCHEMA)
+                    _migrate(db)
+                    # Only when it changes: on a full disk the service must still start, and read.
+                    if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                finally:
+                    db.close()
+                if self._keep_open:
+                    self._keeper = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+                    self._keeper.execute("SELECT count(*) FROM jobs").fetchone()  # maps -shm, keeps -wal
+            except sqlite3.Error as error:
+                raise _storage_error(error) from error
+            self._identity = self._file_identity()
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        # timeout: wait for another process's write transaction instead of failing with "locked".
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+        if self._file_identity() != self._identity:
+            self._ensure_schema()  # deleted or replaced while we ran: an empty queue, never a 500
         try:
+            # timeout: wait for another process's write transaction instead of failing with "locked".
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except sqlite3.Error as error:
+            raise _storage_error(error) from error
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
             yield db
+        except sqlite3.Error as error:
+            raise _storage_error(error) from error
         finally:
             db.close()
 
@@ -98,7 +157,8 @@ class SqliteJobQueue(JobQueue):
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 
@@ -192,6 +252,11 @@ class SqliteJobQueue(JobQueue):
     def claim_next(self, kinds: tuple[JobKind, ...]) -> Job | None:
         marks = ", ".join("?" for _ in kinds)
         with self._write() as db:
+            # One job of these kinds at a time, on record: a job whose end could not be written yet
+            # (disk full, read-only database) still holds its slot, so no second GPU job starts.
+            if db.execute(f"SELECT 1 FROM jobs WHERE state = 'running' AND kind IN ({marks}) LIMIT 1",
+                          kinds).fetchone():
+                return None
             row = db.execute(f"SELECT id, attempt FROM jobs WHERE state = 'queued' AND kind IN ({marks}) "
                              "ORDER BY queued_at, id LIMIT 1", kinds).fetchone()
             if row is None:

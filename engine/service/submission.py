@@ -17,18 +17,29 @@ from typing import Any, BinaryIO
 
 from pydantic import BaseModel
 
+from engine.base_models import REPO_ID
 from engine.generate import GenerateConfig
 from engine.placement import Where, for_the_cloud
 from engine.prep.config import PrepConfig
 from engine.run_dir import RunDir
+from engine.service import storage
 from engine.service.catalog import DATASETS, RUNS, UPLOADS, check_name, relative
-from engine.service.errors import Conflict, InvalidField, TooLarge
+from engine.service.errors import Conflict, InvalidField, StorageError, TooLarge
 from engine.service.models import Job, JobKind
 from engine.service.queue import JobQueue
+from engine.service.security import path_problem
 from engine.train_config import TrainConfig
 
 
+def _plain(value: Path | str, field: str) -> None:
+    """Refuse a path no file can have before any file system call raises on it."""
+    problem = path_problem(str(value))
+    if problem is not None:
+        raise InvalidField(field, problem)
+
+
 def _inside(home: Path, value: Path, field: str) -> Path:
+    _plain(value, field)
     real_home = Path(os.path.realpath(home))
     target = Path(os.path.realpath(value if value.is_absolute() else real_home / value))
     if not target.is_relative_to(real_home):
@@ -56,6 +67,7 @@ def _not_empty(folder: Path) -> bool:
 
 def _readable(home: Path, roots: tuple[Path, ...], value: Path, field: str) -> Path:
     """An input prep only reads: inside LIKENESS_HOME, or inside one of the configured photo roots."""
+    _plain(value, field)
     if value.is_absolute():
         target = Path(os.path.realpath(value))
         if any(target.is_relative_to(os.path.realpath(root)) for root in roots):
@@ -63,20 +75,55 @@ def _readable(home: Path, roots: tuple[Path, ...], value: Path, field: str) -> P
     return _inside(home, value, field)
 
 
+def allowed_base(spec: str | None, home: Path, roots: tuple[Path, ...], field: str) -> str | None:
+    """A base model the engine may load: 'tiny', a Hugging Face repo id, or a diffusers folder or
+    .safetensors file inside LIKENESS_HOME or a models root, stored as its real path.
+
+    A path outside is refused with the same words whether or not it exists: the answer must not
+    tell what lies outside."""
+    if spec is None or spec == "tiny":
+        return spec
+    if not spec.strip():
+        raise InvalidField(field, "is empty: give a Hugging Face repo id, a model inside LIKENESS_HOME, or 'tiny'")
+    _plain(spec, field)
+    path = Path(spec)
+    real_home = Path(os.path.realpath(home))
+    candidate = path if path.is_absolute() else real_home / path
+    # As resolve_base decides: a path that exists wins over a repo id of the same spelling.
+    named_like_a_path = spec.startswith((".", "~", "/")) or spec.endswith((".safetensors", ".ckpt"))
+    if not named_like_a_path and REPO_ID.match(spec) and not candidate.exists():
+        return spec
+    real = Path(os.path.realpath(candidate))
+    allowed = (home, *roots)
+    if not any(real.is_relative_to(os.path.realpath(root)) for root in allowed):
+        listed = ", ".join(str(root) for root in allowed)
+        raise InvalidField(field, f"{spec} is outside the allowed roots ({listed}); add one with "
+                                  "LIKENESS_MODEL_ROOTS")
+    if not real.exists():
+        raise InvalidField(field, f"no model folder or file at {relative(home, real)}")
+    return str(real)
+
+
 def accept(kind: JobKind, config: BaseModel, home: Path, queue: JobQueue, photo_roots: tuple[Path, ...] = (),
-           where: Where = "auto", gpu: str | None = None) -> Job:
-    """Check a submission, make its paths absolute, and queue it (train jobs: to run where `where` says)."""
+           where: Where = "auto", gpu: str | None = None, *, model_roots: tuple[Path, ...] = (),
+           reserve_mb: float = 0) -> Job:
+    """Check a submission, make its paths absolute, and queue it (train jobs: to run where `where` says).
+
+    `model_roots`: folders beyond LIKENESS_HOME a base model may come from; `reserve_mb`: free space a
+    training run must leave under LIKENESS_HOME."""
     if isinstance(config, TrainConfig):
-        stored, run_dir = _train(config, home, queue)
+        stored, run_dir = _train(config, home, queue, model_roots, reserve_mb)
     elif isinstance(config, PrepConfig):
         stored, run_dir = _prep(config, home, queue, photo_roots)
     else:
         assert isinstance(config, GenerateConfig)
-        stored, run_dir = _generate(config, home)
+        stored, run_dir = _generate(config, home, model_roots)
     return queue.submit(kind, stored.model_dump(mode="json"), run_dir, where, gpu)
 
 
-def _train(config: TrainConfig, home: Path, queue: JobQueue) -> tuple[TrainConfig, str]:
+def _train(config: TrainConfig, home: Path, queue: JobQueue, model_roots: tuple[Path, ...] = (),
+           reserve_mb: float = 0) -> tuple[TrainConfig, str]:
+    base = allowed_base(config.base, home, model_roots, "config.base")
     data = _inside(home, config.data, "config.data")
     if not data.is_dir():
         raise InvalidField("config.data", f"no dataset or photo folder at {relative(home, data)}")
@@ -94,7 +141,10 @@ def _train(config: TrainConfig, home: Path, queue: JobQueue) -> tuple[TrainConfi
         if record.get("status") == "done":
             raise Conflict(f"{run_dir} already holds a finished run; set force to overwrite it")
         raise Conflict(f"{run_dir} holds an unfinished run; resume its job, or set resume or force")
-    return config.model_copy(update={"data": data, "out": out}), run_dir
+    problem = storage.room_problem(config, home, reserve_mb)
+    if problem is not None:
+        raise StorageError(problem)
+    return config.model_copy(update={"data": data, "out": out, "base": base}), run_dir
 
 
 def _prep(config: PrepConfig, home: Path, queue: JobQueue, photo_roots: tuple[Path, ...]) -> tuple[PrepConfig, str]:
@@ -114,8 +164,8 @@ def _prep(config: PrepConfig, home: Path, queue: JobQueue, photo_roots: tuple[Pa
     return config.model_copy(update={**update, "out": out}), run_dir
 
 
-def _generate(config: GenerateConfig, home: Path) -> tuple[GenerateConfig, str]:
-    update: dict[str, Any] = {}
+def _generate(config: GenerateConfig, home: Path, model_roots: tuple[Path, ...] = ()) -> tuple[GenerateConfig, str]:
+    update: dict[str, Any] = {"base": allowed_base(config.base, home, model_roots, "config.base")}
     run_dir = None
     if config.lora is not None:
         lora = update["lora"] = _inside(home, config.lora, "config.lora")

@@ -31,6 +31,10 @@ def _gpu() -> tuple[str, str | None, float | None, float | None]:
             return "cuda", name, float(free), float(total)
         except (OSError, subprocess.SubprocessError, ValueError, IndexError):
             pass
+    # Without nvidia-smi, torch is the only way to ask; but importing it takes seconds (over 10 on a
+    # loaded machine), so it is asked only where an NVIDIA device exists at all.
+    if "torch" not in sys.modules and not any(Path("/dev").glob("nvidia[0-9]*")):
+        return "cpu", None, None, None
     try:
         import torch
     except ImportError:
