@@ -184,3 +184,50 @@ def test_single_file_base_that_is_not_sdxl(capsys, tmp_path, dataset):
     argv[argv.index("--base") + 1] = str(junk)
     code, err = run_cli(capsys, *argv)
     assert_one_line_error(code, err, str(junk))
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--rank", "65"], "--rank 65 is more than the 64 channels"),  # the tiny UNet's attention is 64 wide
+    (["--rank", "33", "--train-text-encoder"], "32 channels of the narrowest layer it adapts in tiny's text encoder"),
+])
+def test_rank_is_bounded_by_the_narrowest_adapted_layer(capsys, tmp_path, dataset, tiny_model, extra, needle):
+    code, err = run_cli(capsys, *train_args(dataset, tmp_path / "out", *extra))
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_cpu_run_that_cannot_fit_in_ram_is_refused_before_loading(capsys, tmp_path, dataset):
+    # An SDXL-family base (any but tiny) that is only a model_index.json: loading it would fail, so
+    # reaching the one-line RAM refusal shows the estimate is checked before anything loads.
+    base = tmp_path / "sdxl"
+    base.mkdir()
+    (base / "model_index.json").write_text("{}")
+    argv = train_args(dataset, tmp_path / "out", "--device", "cpu", "--batch-size", "64")
+    argv[argv.index("--base") + 1] = str(base)
+    argv[argv.index("--resolution") + 1] = "8192"
+    code, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, "GiB of RAM on the CPU")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--lora", "nope.safetensors"],
+    ["generate", "--lora", "EMPTY"],
+    ["generate", "--base", "tiny", "--prompt", "a photo of {who}"],
+    ["generate", "--lora", "TEXT"],
+    ["export", "nope"],
+    ["train", "--data", "nope", "--out", "out"],
+])
+def test_cheap_mistakes_are_reported_before_torch_is_imported(tmp_path, argv):
+    # Importing torch and diffusers takes seconds: a typo must be answered before that.
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "TEXT").write_text("not a LoRA")
+    argv = [a.replace("TEXT", "TEXT.safetensors") for a in argv]
+    (tmp_path / "TEXT").rename(tmp_path / "TEXT.safetensors")
+    script = ("import sys; from engine.cli import main; code = main(sys.argv[1:]); "
+              "sys.exit(code + 100 if 'torch' in sys.modules else code)")
+    result = subprocess.run([sys.executable, "-c", script, *argv], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stderr.startswith("likeness: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["EMPTY", "TEXT.safetensors"]
