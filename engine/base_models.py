@@ -55,11 +55,13 @@ def resolve_base(spec: str, settings: Settings) -> BaseModelSource:
     )
 
 
-def check_base_available(source: BaseModelSource) -> None:
+def check_base_available(source: BaseModelSource, in_the_cloud: bool = False) -> None:
     """Fail now, not after minutes of prep or on a cloud GPU, when the base cannot be loaded.
 
     A single file must be a readable SDXL checkpoint; a hub model must be cached, or the hub must
     be reachable and know it. All of this is seconds at most, before anything is placed or loaded.
+    A run sent to the cloud downloads the model there: this machine's cache does not matter, and
+    in offline mode there is nothing to ask.
     """
     if source.kind == "single_file":
         _check_single_file(source)
@@ -72,6 +74,8 @@ def check_base_available(source: BaseModelSource) -> None:
     if isinstance(cached, str):
         return
     if HF_HUB_OFFLINE:
+        if in_the_cloud:
+            return
         raise _offline_error(source.location)
     from huggingface_hub import file_exists
 

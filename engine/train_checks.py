@@ -23,15 +23,18 @@ from engine.train_config import TrainConfig
 _SDXL_WIDTHS = {"UNet": 640, "text encoder": 768}
 
 
-def check_train_inputs(config: TrainConfig, settings: Settings) -> BaseModelSource:
-    """Data, output folder, base and rank: everything checkable without loading; nothing is created."""
+def check_train_inputs(config: TrainConfig, settings: Settings, in_the_cloud: bool = False) -> BaseModelSource:
+    """Data, output folder, base and rank: everything checkable without loading; nothing is created.
+
+    ``in_the_cloud``: the run was asked to go to Modal, which downloads a hub base itself.
+    """
     list_image_files(image_folder(config.data))
     if config.out.exists() and not config.out.is_dir():
         raise LikenessError(f"--out {config.out} is a file, not a folder")
     base = resolve_base(config.base, settings)
     base_folder = Path(base.location) if base.kind in ("folder", "tiny") else None
     check_output_path(config.out, "--out", [("--data", config.data), ("--base", base_folder)])
-    check_base_available(base)
+    check_base_available(base, in_the_cloud)
     check_rank(config, base)
     return base
 
