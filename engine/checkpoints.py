@@ -12,7 +12,14 @@ import random
 import shutil
 from pathlib import Path
 
-from engine.lora_files import LORA_FILENAME, load_lora_into_training_models, save_lora
+from engine.lora_files import (
+    LORA_FILENAME,
+    TRAINING_STATE_FILENAME,
+    load_lora_into_training_models,
+    load_training_state,
+    save_lora,
+    save_training_state,
+)
 from engine.run_dir import RunDir
 
 
@@ -26,6 +33,7 @@ def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_schedule
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_lora(staging, models["unet"], models.get("text_encoder"), models.get("text_encoder_2"), rank=rank, alpha=alpha)
+    save_training_state(staging, models)
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), staging / "scheduler.pt")
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -52,8 +60,11 @@ def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler) -> int:
     import numpy as np
     import torch
 
-    load_lora_into_training_models(path / LORA_FILENAME, models["unet"], models.get("text_encoder"),
-                                   models.get("text_encoder_2"))
+    if (path / TRAINING_STATE_FILENAME).is_file():
+        load_training_state(path / TRAINING_STATE_FILENAME, models)
+    else:  # a checkpoint from before likeness kept the training state
+        load_lora_into_training_models(path / LORA_FILENAME, models["unet"], models.get("text_encoder"),
+                                       models.get("text_encoder_2"))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
     lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng = torch.load(path / "rng.pt", weights_only=False)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.base_models import BaseModelSource, check_base_available, load_sdxl_pipeline, resolve_base
+from engine.base_models import BaseModelSource, load_sdxl_pipeline
 from engine.checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
 from engine.device import (
     PhasePeaks,
@@ -34,9 +35,10 @@ from engine.errors import LikenessError
 from engine.events import EventSink, Log, Progress, SampleReady, Started, ignore_events
 from engine.grid import save_png_atomically
 from engine.identity_scores import identity_for_dataset, mean_score, score_images, score_label
-from engine.images import TrainingImage, image_folder, list_image_files, load_training_images
+from engine.images import TrainingImage, load_training_images
 from engine.lora_files import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES, save_lora
 from engine.memory_estimate import MemoryPlan, choose_plan, estimate_phases
+from engine.outputs import first_missing
 from engine.placement import out_of_memory_error, stop_status
 from engine.run_dir import RunDir, write_json_atomically
 from engine.sample_grid import PromptEmbeds, decode_latents, render_images, sample_grid
@@ -81,23 +83,25 @@ class SDXLLoRATrainer:
 
     # 1. Inputs are checked before anything heavy loads: a typo costs a second, not a minute.
     def check_inputs(self) -> None:
-        list_image_files(image_folder(self.config.data))
         from engine.prep import is_prepared_dataset
+        from engine.train_checks import check_fits_in_ram, check_train_inputs
+
+        self.base = check_train_inputs(self.config, self.settings)
 
         # A raw photo folder goes through prep first, into the run directory, unless told otherwise.
         self.needs_prep = self.config.prep and not is_prepared_dataset(self.config.data)
         self.dataset = self.run_dir.root / "dataset" if self.needs_prep else self.config.data
-        if self.config.resume:
-            if not self.run_dir.checkpoint_steps():
-                raise LikenessError(f"--resume: {self.config.out} has no checkpoint to resume from")
-        else:
-            self.run_dir.prepare_for_new_run(self.config.force)
         self.placement = choose_placement(self.config.device, self.config.mixed_precision)
+        if self.config.resume and not self.run_dir.checkpoint_steps():
+            raise LikenessError(f"--resume: {self.config.out} has no checkpoint to resume from")
         # Savers are a means, not a default: on only where this device's free memory needs them.
-        self.plan = choose_plan(self.config, free_memory_gib(self.placement), on_cpu=not self.placement.is_cuda,
+        free = free_memory_gib(self.placement)
+        self.plan = choose_plan(self.config, free, on_cpu=not self.placement.is_cuda,
                                 optimizer_of_resumed_run=self._resumed_optimizer())
-        self.base = resolve_base(self.config.base, self.settings)
-        check_base_available(self.base)
+        check_fits_in_ram(self.config, self.plan, self.placement, free)
+        # The run directory is created last, once everything above holds.
+        if not self.config.resume:
+            self.run_dir.prepare_for_new_run(self.config.force)
 
     def _resumed_optimizer(self) -> str | None:
         """The optimizer whose state the newest checkpoint holds: a resumed run must keep it."""
@@ -529,7 +533,16 @@ def train(config: TrainConfig, settings: Settings, on_event: EventSink = ignore_
           step_hook: StepHook | None = None) -> TrainResult:
     """Train a LoRA as ``config`` says; events report progress, ``step_hook`` may cancel."""
     trainer = SDXLLoRATrainer(config, settings, on_event, step_hook)
-    trainer.check_inputs()
-    return trainer.run()
+    created = first_missing(config.out)
+    try:
+        trainer.check_inputs()
+        return trainer.run()
+    except BaseException:
+        # A run that stopped before its first step holds nothing worth keeping: a folder it created
+        # goes again, so a failed command leaves the file system as it found it.
+        run = RunDir(config.out)
+        if created is not None and not run.read_metrics() and not run.checkpoint_steps():
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 

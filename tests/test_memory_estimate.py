@@ -107,15 +107,15 @@ def test_cloud_gpus_are_judged_with_the_savers_the_trainer_will_choose_there():
     assert carried_on.estimate.plan == choose_plan(run, next(g for g in MODAL_GPUS if g.name == carried_on.gpu).vram_gib)
 
 
-def test_dry_run_prints_each_phase_peak_and_the_savers_chosen(capsys, tmp_path):
-    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--dry-run", "--gpu", "A10G"])
+def test_dry_run_prints_each_phase_peak_and_the_savers_chosen(capsys, tmp_path, dataset):
+    code = main(["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--dry-run", "--gpu", "A10G"])
     out = capsys.readouterr().out
     assert code == 0
     for label in ("caching", "load", "training loop", "sample grids"):
         line = next(x for x in out.splitlines() if x.strip().startswith(label))
         assert line.endswith("GiB"), line
     assert "savers: gradient checkpointing off, torch AdamW (" in out
-    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--dry-run", "--gpu", "A10G",
+    assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--dry-run", "--gpu", "A10G",
                  "--gradient-checkpointing"]) == 0
     assert "savers: gradient checkpointing on, torch AdamW (needs" in capsys.readouterr().out
 
