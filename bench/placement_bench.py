@@ -3,9 +3,10 @@
     python -m bench.placement_bench
 
 Points come from bench/calibration/sdxl_lora_vram.json (published figures, reference: not measured
-by likeness) and from any bench/results/sdxl-unet-*.json that `python -m bench.train_bench --sdxl-unet`
-wrote on a GPU (measured: torch's peak allocation of the UNet step, so the estimate's training parts
-without the CUDA context are compared). A bound is met or missed; a measured peak has an error in %.
+by likeness), from bench/calibration/sdxl_phases_measured.json (phases of likeness's own runs, measured
+on an H200), and from any bench/results/sdxl-unet-*.json that `python -m bench.train_bench --sdxl-unet`
+wrote on a GPU (measured: torch's peak allocation of the UNet step, compared with the loop phase, which
+leaves the CUDA context out). A bound is met or missed; a measured peak has an error in %.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from bench.train_bench import RESULTS
 
 CALIBRATION = Path(__file__).parent / "calibration" / "sdxl_lora_vram.json"
+MEASURED = Path(__file__).parent / "calibration" / "sdxl_phases_measured.json"
 
 # train_bench --sdxl-unet's variants as TrainConfig fields (rank 16, batch 1, no samples, latents given).
 _SDXL_UNET_VARIANTS = {
@@ -51,6 +53,21 @@ def reference_rows() -> list[dict]:
     return rows
 
 
+def calibration_rows() -> list[dict]:
+    """The measured phases of likeness's own runs against the estimate of the same phase and plan."""
+    from engine.memory_estimate import MemoryPlan, estimate_phases
+
+    rows = []
+    for point in json.loads(MEASURED.read_text())["points"]:
+        config = _config({"sample_every": 0, **point["config"]})
+        plan = MemoryPlan(config.gradient_checkpointing == "on", config.optimizer, **point["plan"])
+        estimate = estimate_phases(config, plan).phases[point["phase"]]
+        rows.append({"name": point["name"], "kind": "measured", "reference_gib": point["gib"],
+                     "estimate_gib": estimate, "ok": None,
+                     "error_pct": round(100 * (estimate - point["gib"]) / point["gib"], 1), "source": str(MEASURED)})
+    return rows
+
+
 def measured_rows() -> list[dict]:
     from engine.placement import estimate_peak_vram
 
@@ -61,8 +78,8 @@ def measured_rows() -> list[dict]:
             fields = {"rank": report.get("lora_rank", 16), "batch_size": report.get("batch_size", 1),
                       "cache_latents": True, "sample_every": 0, **_SDXL_UNET_VARIANTS.get(result["variant"], {})}
             estimate = estimate_peak_vram(_config(fields, report["resolution"]))
-            # torch's max_allocated excludes the CUDA context: compare like with like.
-            training = estimate.total_gib - estimate.parts["CUDA context"]
+            # torch's max_allocated of the bare step: the loop phase, which leaves out the CUDA context.
+            training = estimate.phases["loop"]
             measured = result["peak_memory_mb"] / 1024
             rows.append({"name": f"{path.name}: {result['variant']} on {result['gpu']}", "kind": "measured",
                          "reference_gib": round(measured, 2), "estimate_gib": round(training, 2),
@@ -72,7 +89,7 @@ def measured_rows() -> list[dict]:
 
 
 def main() -> None:
-    rows = reference_rows() + measured_rows()
+    rows = reference_rows() + calibration_rows() + measured_rows()
     for row in rows:
         verdict = (f"{row['error_pct']:+6.1f} %" if row["error_pct"] is not None
                    else ("bound met" if row["ok"] else "BOUND MISSED"))

@@ -199,8 +199,9 @@ class Decision:
         time_part = f", ~{self.estimated_seconds / 60:.0f} min" if self.estimated_seconds is not None else ""
         cost = f", ${self.estimated_cost_usd:.2f}" if self.estimated_cost_usd else ""
         memory = "RAM" if self.estimate.on_cpu else "VRAM"
-        savers = f"; {self.estimate.plan.savers()}" if self.estimate.plan else ""
-        return f"needs ~{self.estimate.total_gib:.1f} GiB {memory} → {where}{time_part}{cost}{savers} ({self.reason})"
+        plan = self.estimate.plan
+        savers = f"; savers: {plan.savers()} ({plan.reason})" if plan else ""
+        return f"needs ~{self.estimate.total_gib:.1f} GiB {memory} → {where}{time_part}{cost} ({self.reason}){savers}"
 
     def describe(self) -> str:
         """The --dry-run report, a few lines: the peak, each phase's peak, the savers and why, where."""

@@ -61,6 +61,8 @@ def test_auto_turns_checkpointing_off_on_a_24_gb_card_and_keeps_it_on_an_8_gb_on
     big = decide(run, "auto", None, [card(24.0)])
     assert big.where == "local" and big.estimate.plan.gradient_checkpointing is False
     assert "no saver needed" in big.estimate.plan.reason
+    # The TUI's Train line says the same, and why.
+    assert "savers: gradient checkpointing off, torch AdamW (needs" in big.summary()
     small = decide(run, "auto", None, [card(8.0)])
     assert small.estimate.plan.gradient_checkpointing is True
     assert "without these savers" in small.estimate.plan.reason

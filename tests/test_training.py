@@ -155,3 +155,26 @@ def test_checkpoints_keep_only_the_newest(tmp_path, dataset, settings, tiny_mode
     out = tmp_path / "run"
     train(tiny_train_config(dataset, out, steps=7, checkpoint_every=2, checkpoints_keep=2, sample_every=0), settings)
     assert RunDir(out).checkpoint_steps() == [4, 6]
+
+
+def test_sample_grids_decode_as_the_pipeline_would(tiny_model):
+    # The trainer denoises to latents and decodes them itself (so it can tile); untiled, that must be
+    # exactly the picture diffusers' pipeline draws.
+    import numpy as np
+    from diffusers import StableDiffusionXLPipeline
+
+    from engine.sample_grid import decode_latents
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model)
+    pipe.set_progress_bar_config(disable=True)
+    args = dict(prompt="a photo of sks person", height=64, width=64, num_inference_steps=2, guidance_scale=5.0)
+    image = pipe(**args, generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    latents = pipe(**args, generator=torch.Generator("cpu").manual_seed(0), output_type="latent").images
+    assert np.array_equal(np.asarray(decode_latents(pipe.vae, latents, None)), np.asarray(image))
+    # Tiled, the decoder never sees more latent pixels at once than the tile holds (a forward hook
+    # observes the real decoder), and the VAE is left untiled for the next user.
+    sizes = []
+    pipe.vae.decoder.register_forward_hook(lambda _m, inputs, _o: sizes.append(tuple(inputs[0].shape[-2:])))
+    tiled = decode_latents(pipe.vae, latents, 32)
+    assert tiled.size == image.size and len(sizes) > 1 and max(max(s) for s in sizes) <= 32 // 8
+    assert not pipe.vae.use_tiling

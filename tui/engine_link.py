@@ -121,7 +121,9 @@ class EngineLink:
             local = [LocalGpu(0, system["gpu_name"], system["vram_total_mb"] / 1024,
                               (system.get("vram_free_mb") or system["vram_total_mb"]) / 1024)]
         train_config = TrainConfig(data=Path("."), out=Path("."), **config)
-        return decide(train_config, local_gpus=local).summary()
+        ram = system.get("ram_available_mb")
+        # The line names the savers the run will choose, so it judges a CPU run against the RAM there.
+        return decide(train_config, local_gpus=local, host_free_gib=ram / 1024 if ram else None).summary()
 
 
 def _free_port() -> int:

@@ -200,6 +200,8 @@ class SystemInfo(BaseModel):
     gpu_name: str | None = None
     vram_free_mb: float | None = None
     vram_total_mb: float | None = None
+    ram_available_mb: float | None = Field(
+        default=None, description="RAM available now: what a run on the CPU chooses its memory savers against.")
     versions: dict[str, str | None]
     modal_configured: bool = Field(description="A Modal token is there (~/.modal.toml or MODAL_TOKEN_ID).")
     home: str = Field(description="LIKENESS_HOME on the service's side.")

@@ -15,8 +15,17 @@ from engine.versions import library_versions
 def system_info(home: Path) -> SystemInfo:
     device, name, free, total = _gpu()
     versions = {**library_versions(), "python": sys.version.split()[0]}
-    return SystemInfo(device=device, gpu_name=name, vram_free_mb=free, vram_total_mb=total, versions=versions,
+    return SystemInfo(device=device, gpu_name=name, vram_free_mb=free, vram_total_mb=total,
+                      ram_available_mb=_ram_available_mb(), versions=versions,
                       modal_configured=modal_configured(), home=str(home))
+
+
+def _ram_available_mb() -> float | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.virtual_memory().available / 2**20
 
 
 def _gpu() -> tuple[str, str | None, float | None, float | None]:
