@@ -12,12 +12,19 @@ import random
 import shutil
 from pathlib import Path
 
-from engine.lora_files import LORA_FILENAME, load_lora_into_training_models, save_lora
+from engine.lora_files import (
+    LORA_FILENAME,
+    TRAINING_STATE_FILENAME,
+    load_lora_into_training_models,
+    load_training_state,
+    save_lora,
+    save_training_state,
+)
 from engine.run_dir import RunDir
 
 
 def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_scheduler, config_json: dict, *,
-                    rank: int, alpha: float, keep: int) -> Path:
+                    rank: int, alpha: float, keep: int, memory_plan: dict | None = None) -> Path:
     import numpy as np
     import torch
 
@@ -26,13 +33,16 @@ def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_schedule
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_lora(staging, models["unet"], models.get("text_encoder"), models.get("text_encoder_2"), rank=rank, alpha=alpha)
+    save_training_state(staging, models)
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), staging / "scheduler.pt")
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, staging / "rng.pt")
-    (staging / "state.json").write_text(json.dumps({"step": step, "config": config_json}, indent=2, default=str))
+    # The savers chosen travel with the state: a resumed run must load the optimizer state into the same optimizer.
+    state = {"step": step, "config": config_json, **({"memory_plan": memory_plan} if memory_plan else {})}
+    (staging / "state.json").write_text(json.dumps(state, indent=2, default=str))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
     for old in run.checkpoint_steps()[:-keep]:
@@ -40,13 +50,21 @@ def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_schedule
     return target
 
 
+def checkpoint_state(path: Path) -> dict:
+    """A checkpoint's state.json: its step, the config, and the savers it was trained with."""
+    return json.loads((path / "state.json").read_text())
+
+
 def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler) -> int:
     """Restore training state from ``path``; return the step it was saved at."""
     import numpy as np
     import torch
 
-    load_lora_into_training_models(path / LORA_FILENAME, models["unet"], models.get("text_encoder"),
-                                   models.get("text_encoder_2"))
+    if (path / TRAINING_STATE_FILENAME).is_file():
+        load_training_state(path / TRAINING_STATE_FILENAME, models)
+    else:  # a checkpoint from before likeness kept the training state
+        load_lora_into_training_models(path / LORA_FILENAME, models["unet"], models.get("text_encoder"),
+                                       models.get("text_encoder_2"))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
     lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng = torch.load(path / "rng.pt", weights_only=False)

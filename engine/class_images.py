@@ -18,15 +18,26 @@ from engine.settings import Settings
 from engine.train_config import TrainConfig
 
 
+def _folder(trainer, config: TrainConfig, settings: Settings) -> Path:
+    key = json.dumps([trainer.base.location, config.class_prompt, config.resolution, config.sample_steps,
+                      SAMPLE_GUIDANCE])
+    return settings.class_images_dir / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def cached_class_images(trainer, config: TrainConfig, settings: Settings) -> Path | None:
+    """The folder of class images when every one is already drawn, else None."""
+    folder = _folder(trainer, config, settings)
+    return folder if folder.is_dir() and len(list(folder.glob("*.png"))) >= config.num_class_images else None
+
+
 def ensure_class_images(trainer, config: TrainConfig, settings: Settings) -> Path:
     """Return a folder of ``config.num_class_images`` class images, drawing any that are missing."""
     import torch
 
-    key = json.dumps([trainer.base.location, config.class_prompt, config.resolution, config.sample_steps,
-                      SAMPLE_GUIDANCE])
-    folder = settings.class_images_dir / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if folder.is_dir() and len(list(folder.glob("*.png"))) >= config.num_class_images:
-        return folder
+    cached = cached_class_images(trainer, config, settings)
+    if cached is not None:
+        return cached
+    folder = _folder(trainer, config, settings)
     trainer.on_event(Log(f"drawing {config.num_class_images} class images of '{config.class_prompt}' (once)"))
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

@@ -20,12 +20,19 @@ from engine.errors import LikenessError
 COMMANDS = ("demo", "prep", "train", "generate", "export", "serve", "jobs")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes on one line like every other (it prints the usage, then the error)."""
+
+    def error(self, message: str):
+        self.exit(2, f"likeness: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(extra_commands: Sequence[ModuleType] = ()) -> argparse.ArgumentParser:
     """The parser for every engine command, plus ``extra_commands`` (modules with ``register``).
 
     The terminal UI adds its own commands this way, so the engine never imports it.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="likeness",
         description="Teach SDXL what one person looks like, then make new pictures of them.",
     )

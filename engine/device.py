@@ -63,3 +63,47 @@ def peak_memory_mb(placement: Placement) -> float:
 
 def memory_kind(placement: Placement) -> str:
     return "cuda_max_allocated" if placement.is_cuda else "process_peak_rss"
+
+
+def free_memory_gib(placement: Placement) -> float | None:
+    """Memory free on ``placement``'s device now: the card's free memory, or the RAM available on the
+    CPU; None where it cannot be asked. The savers are chosen against this (engine.memory_estimate)."""
+    if placement.is_cuda:
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(placement.device))
+        return free / 2**30
+    try:
+        import psutil  # accelerate's dependency, so always here with diffusers
+    except ImportError:
+        return None
+    return psutil.virtual_memory().available / 2**30
+
+
+class PhasePeaks:
+    """Each phase's peak memory in MB: CUDA's peak allocation, reset at every phase boundary.
+
+    On the CPU the only figure is the process's peak resident size, which never goes down, so it
+    says nothing about one phase: phases are not recorded there.
+    """
+
+    def __init__(self, placement: Placement):
+        self.placement = placement
+        self.peaks_mb: dict[str, float] = {}
+        self.current: str | None = None
+
+    def enter(self, phase: str) -> None:
+        self.close()
+        self.current = phase
+        reset_peak_memory(self.placement)
+
+    def close(self) -> None:
+        if self.current is not None and self.placement.is_cuda:
+            peak = round(peak_memory_mb(self.placement), 1)
+            self.peaks_mb[self.current] = max(self.peaks_mb.get(self.current, 0.0), peak)
+        self.current = None
+
+    def whole_run_mb(self) -> float:
+        """The run's peak: the largest phase on CUDA, the process's peak on the CPU."""
+        self.close()
+        return max(self.peaks_mb.values()) if self.peaks_mb else peak_memory_mb(self.placement)

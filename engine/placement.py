@@ -3,16 +3,16 @@
 Not to be confused with ``engine.device``, which picks the torch device and precision *inside* a run
 that is already somewhere. Here: detect the local GPUs, estimate the run's peak VRAM, and decide.
 
-    estimate_peak_vram(config)  -> MemoryEstimate   (pure: bytes of weights, LoRA state, activations)
+    estimate_peak_vram(config, free_gib) -> MemoryEstimate  (pure: the savers that fit, each phase's peak)
     decide(config, where, gpu, local_gpus) -> Decision   (pure: the CLI's --dry-run and the TUI show it)
     detect_local_gpus()         -> [LocalGpu]       (the one impure part: asks CUDA)
 
-The estimate is a sum of parts. The weights and the LoRA's optimizer state are counted exactly from
-SDXL's parameter counts; what is not countable (activations, the VAE's decode when sampling) is a
-coefficient per 1024-px image, set against the reference figures in
-``bench/calibration/sdxl_lora_vram.json``. ``make bench`` (``python -m bench.placement_bench``) reports
-the estimate's error against those figures and against any SDXL-size measurement of our own in
-``bench/results/``.
+The estimate is the largest of the run's phases (engine.memory_estimate): weights and LoRA state are
+counted from SDXL's parameter counts, activations are coefficients per 1024-px image checked against
+measured points (``bench/calibration/sdxl_phases_measured.json``, within 15 % by the tests) and
+published bounds (``bench/calibration/sdxl_lora_vram.json``). The savers (gradient checkpointing,
+8-bit AdamW) are chosen per card: off where the run fits without them, which is 2.2x faster a step.
+``make bench`` (``python -m bench.placement_bench``) reports the estimate against all of them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
+from engine import memory_estimate
 from engine.errors import LikenessError
+from engine.memory_estimate import MemoryPlan
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -68,41 +70,28 @@ def modal_gpu(name: str) -> GpuOffer:
 
 
 # --- The memory estimate -----------------------------------------------------------------------------
-# Parameter counts of SDXL base 1.0, counted by instantiating its configs on torch's meta device.
-SDXL_UNET_PARAMS = 2_567_463_684
-SDXL_TEXT_ENCODER_PARAMS = 123_060_480 + 694_659_840  # CLIP ViT-L + OpenCLIP ViT-bigG
-SDXL_VAE_PARAMS = 83_653_863
-# LoRA parameters per unit of rank on the attention projections (engine.lora_files' target modules).
-SDXL_UNET_LORA_PER_RANK = 1_451_520
-SDXL_TEXT_ENCODER_LORA_PER_RANK = 73_728 + 327_680
-
-# Not countable; calibrated (bench/calibration/sdxl_lora_vram.json). GiB per 1024x1024 image in half
-# precision with memory-efficient attention (xformers or PyTorch SDPA; both avoid the N^2 attention
-# matrix, so the choice between them does not move the estimate).
-ACTIVATIONS_CHECKPOINTED_GIB = 2.5  # only block inputs kept; one block recomputed at a time
-ACTIVATIONS_FULL_GIB = 12.0  # every activation kept for backward
-TEXT_ENCODER_ACTIVATIONS_GIB = 0.3  # per prompt, when the text encoders train (77 tokens: small)
-VAE_DECODE_GIB = 3.0  # the fp32 VAE decoding a 1024-px sample image, the peak while drawing a grid
-# What nvidia-smi shows beyond torch's allocations: the CUDA context and kernels. Counted because the
-# decision compares against the card's free memory, which the context also takes.
-CUDA_CONTEXT_GIB = 0.6
-# The decision asks for this much more than the estimate, for allocator fragmentation and estimate error.
-SAFETY_MARGIN = 0.10
-
-_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+# The phases and their coefficients live in engine.memory_estimate; here, the whole run's peak.
+CUDA_CONTEXT_GIB = memory_estimate.CUDA_CONTEXT_GIB
+SAFETY_MARGIN = memory_estimate.SAFETY_MARGIN
+_PHASE_LABELS = {"caching": "caching (text encoders, VAE one image at a time)", "load": "load (UNet and LoRA)",
+                 "loop": "training loop", "sampling": "sample grids (UNet, then VAE decode in tiles)"}
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Estimated peak GPU memory of a training run, in GiB, with the parts it is made of."""
+    """Estimated peak memory of a training run in GiB: the whole run, each phase, the loop's parts,
+    and the savers it was estimated with."""
 
     family: Literal["sdxl", "tiny"]
     total_gib: float
     parts: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+    plan: MemoryPlan | None = None
+    on_cpu: bool = False
 
     @property
     def required_gib(self) -> float:
-        """What the card must have free: the estimate plus the safety margin."""
+        """What the device must have free: the estimate plus the safety margin."""
         return self.total_gib * (1 + SAFETY_MARGIN)
 
 
@@ -111,42 +100,17 @@ def model_family(config: TrainConfig) -> Literal["sdxl", "tiny"]:
     return "tiny" if config.base == "tiny" else "sdxl"
 
 
-def estimate_peak_vram(config: TrainConfig) -> MemoryEstimate:
-    """Peak GPU memory of ``config`` on a CUDA card, as nvidia-smi would show it."""
-    if model_family(config) == "tiny":
-        return MemoryEstimate("tiny", 0.25 + CUDA_CONTEXT_GIB, {"tiny model": 0.25, "CUDA context": CUDA_CONTEXT_GIB})
-    # 1. Precision: auto is bf16 or fp16 on every card this decides between; "no" keeps fp32.
-    weight_bytes = 4 if config.mixed_precision == "no" else 2
-    activation_scale = 2.0 if config.mixed_precision == "no" else 1.0
-    pixels = (config.resolution / 1024) ** 2
-    # 2. Frozen weights on the GPU during the loop. The trainer moves the text encoders off the GPU
-    # when their outputs are cached (not training them), and the VAE when the latents are cached.
-    parts = {"UNet weights": SDXL_UNET_PARAMS * weight_bytes / GIB}
-    if config.train_text_encoder:
-        parts["text encoder weights"] = SDXL_TEXT_ENCODER_PARAMS * weight_bytes / GIB
-    if not config.cache_latents:
-        parts["VAE weights"] = SDXL_VAE_PARAMS * 4 / GIB  # the VAE stays fp32
-    # 3. The LoRA: fp32 weights and gradients, plus AdamW's two moments (8-bit: a quarter of the bytes).
-    lora_params = config.rank * (SDXL_UNET_LORA_PER_RANK
-                                 + (SDXL_TEXT_ENCODER_LORA_PER_RANK if config.train_text_encoder else 0))
-    optimizer_bytes = 2 if config.optimizer == "adamw8bit" else 8
-    parts["LoRA weights, gradients, optimizer"] = lora_params * (4 + 4 + optimizer_bytes) / GIB
-    # 4. Activations scale with the pixels in the batch; prior preservation adds one class image per step.
-    images = config.batch_size + (1 if config.prior_preservation else 0)
-    per_image = ACTIVATIONS_CHECKPOINTED_GIB if config.gradient_checkpointing else ACTIVATIONS_FULL_GIB
-    parts["activations"] = per_image * images * pixels * activation_scale
-    if config.train_text_encoder:
-        prompts = 2 if config.prior_preservation else 1
-        parts["text encoder activations"] = TEXT_ENCODER_ACTIVATIONS_GIB * prompts * activation_scale
-    parts["CUDA context"] = CUDA_CONTEXT_GIB
-    training = sum(parts.values())
-    # 5. Drawing a sample grid: no activations for backward, but the fp32 VAE decodes a full-size image.
-    if config.sample_every:
-        sampling = (training - parts["activations"] - parts.get("text encoder activations", 0.0)
-                    + (0.0 if "VAE weights" in parts else SDXL_VAE_PARAMS * 4 / GIB) + VAE_DECODE_GIB * pixels)
-        if sampling > training:
-            parts["sample grid (VAE decode) beyond training"] = sampling - training
-    return MemoryEstimate("sdxl", round(sum(parts.values()), 2), {k: round(v, 2) for k, v in parts.items()})
+def estimate_peak_vram(config: TrainConfig, free_gib: float | None = None, on_cpu: bool = False) -> MemoryEstimate:
+    """Peak memory of ``config`` on a CUDA card (as nvidia-smi would show it) or, ``on_cpu``, in RAM,
+    with the savers ``choose_plan`` picks for ``free_gib`` free (None: unknown, every auto saver on)."""
+    plan = memory_estimate.choose_plan(config, free_gib, on_cpu)
+    return _estimate_with(config, plan, on_cpu)
+
+
+def _estimate_with(config: TrainConfig, plan: MemoryPlan, on_cpu: bool) -> MemoryEstimate:
+    phases = memory_estimate.estimate_phases(config, plan, on_cpu)
+    parts = {**phases.parts, ("process" if on_cpu else "CUDA context"): phases.overhead_gib}
+    return MemoryEstimate(model_family(config), round(phases.peak_gib, 2), parts, dict(phases.phases), plan, on_cpu)
 
 
 # --- The time estimate -------------------------------------------------------------------------------
@@ -156,17 +120,20 @@ def estimate_peak_vram(config: TrainConfig) -> MemoryEstimate:
 _A10G_SECONDS_PER_STEP = 1.6
 _A10G_SECONDS_PER_SAMPLE_IMAGE = 7.0
 _FIXED_SECONDS = 180.0
+_NO_CHECKPOINTING_TIME = 0.379 / 0.836
 # Local cards the time estimate knows, relative to an A10G (substring of torch's device name).
 _LOCAL_SPEED = {"H100": 3.5, "A100": 2.2, "L40S": 2.0, "4090": 2.0, "A6000": 1.3, "3090": 1.2, "A10": 1.0,
                 "4080": 1.5, "4070": 1.0, "3080": 1.0, "3060": 0.5, "T4": 0.3}
 
 
-def estimate_seconds(config: TrainConfig, relative_speed: float) -> float:
-    """Wall time of ``config`` on a GPU ``relative_speed`` times an A10G."""
+def estimate_seconds(config: TrainConfig, relative_speed: float, plan: MemoryPlan | None = None) -> float:
+    """Wall time of ``config`` with ``plan``'s savers on a GPU ``relative_speed`` times an A10G."""
+    plan = plan or memory_estimate.choose_plan(config, None)
     pixels = (config.resolution / 1024) ** 2
     images = config.batch_size + (1 if config.prior_preservation else 0)
     per_step = _A10G_SECONDS_PER_STEP * pixels * images
-    per_step *= 1.0 if config.gradient_checkpointing else 0.75  # no recomputation in backward
+    # Measured on an H200: a step without recomputation took 0.379 s where checkpointing took 0.836.
+    per_step *= 1.0 if plan.gradient_checkpointing else _NO_CHECKPOINTING_TIME
     per_step *= 2.5 if config.mixed_precision == "no" else 1.0
     per_step *= 1.1 if config.train_text_encoder else 1.0
     grids = 0
@@ -227,17 +194,28 @@ class Decision:
     prices_as_of: str = PRICES_AS_OF
 
     def summary(self) -> str:
-        """One line for the TUI: estimate, where, GPU, time and cost."""
+        """One line for the TUI: estimate, where, GPU, time, cost, and the savers chosen."""
         where = f"{self.where} on {self.gpu}" if self.gpu else f"{self.where} on the CPU"
         time_part = f", ~{self.estimated_seconds / 60:.0f} min" if self.estimated_seconds is not None else ""
         cost = f", ${self.estimated_cost_usd:.2f}" if self.estimated_cost_usd else ""
-        return f"needs ~{self.estimate.total_gib:.1f} GiB VRAM → {where}{time_part}{cost} ({self.reason})"
+        memory = "RAM" if self.estimate.on_cpu else "VRAM"
+        savers = f"; {self.estimate.plan.savers()}" if self.estimate.plan else ""
+        return f"needs ~{self.estimate.total_gib:.1f} GiB {memory} → {where}{time_part}{cost}{savers} ({self.reason})"
 
     def describe(self) -> str:
-        """The --dry-run report, a few lines."""
-        lines = [f"estimated peak VRAM: {self.estimate.total_gib:.1f} GiB "
+        """The --dry-run report, a few lines: the peak, each phase's peak, the savers and why, where."""
+        memory = "RAM" if self.estimate.on_cpu else "VRAM"
+        lines = [f"estimated peak {memory}: {self.estimate.total_gib:.1f} GiB "
                  f"(needs {self.estimate.required_gib:.1f} GiB free with the {SAFETY_MARGIN:.0%} margin)"]
-        lines += [f"  {name}: {gib:.2f} GiB" for name, gib in self.estimate.parts.items()]
+        for phase, gib in self.estimate.phases.items():
+            lines.append(f"  {_PHASE_LABELS[phase]}: {gib:.2f} GiB")
+            if phase == "loop":
+                lines += [f"    {name}: {part:.2f} GiB" for name, part in self.estimate.parts.items()
+                          if name not in ("CUDA context", "process")]
+        lines += [f"  {name}: {gib:.2f} GiB" for name, gib in self.estimate.parts.items()
+                  if name in ("CUDA context", "process")]
+        if self.estimate.plan is not None:
+            lines.append(f"savers: {self.estimate.plan.savers()} ({self.estimate.plan.reason})")
         if self.local_gpu is not None:
             lines.append(f"local GPU: {self.local_gpu.name}, {self.local_gpu.free_gib:.1f} of "
                          f"{self.local_gpu.total_gib:.1f} GiB free")
@@ -252,21 +230,26 @@ class Decision:
         return "\n".join(lines)
 
 
-def _modal_plan(config: TrainConfig, offer: GpuOffer) -> tuple[float, float]:
-    seconds = estimate_seconds(config, offer.relative_speed)
-    return seconds, seconds * offer.usd_per_second
+def on_modal_gpu(config: TrainConfig, offer: GpuOffer) -> tuple[MemoryEstimate, float, float]:
+    """``config`` on ``offer``: the estimate with the savers that card calls for, seconds, and dollars.
+    The trainer on that card chooses its savers with the same function, against what it finds free."""
+    estimate = estimate_peak_vram(config, offer.vram_gib)
+    seconds = estimate_seconds(config, offer.relative_speed, estimate.plan)
+    return estimate, seconds, seconds * offer.usd_per_second
 
 
-def choose_gpu(config: TrainConfig, estimate: MemoryEstimate | None = None) -> GpuOffer:
-    """The Modal GPU that fits the run with the margin at the lowest estimated cost of the whole run."""
-    estimate = estimate or estimate_peak_vram(config)
-    fitting = [gpu for gpu in MODAL_GPUS if estimate.required_gib <= gpu.vram_gib]
+def choose_gpu(config: TrainConfig) -> GpuOffer:
+    """The Modal GPU that fits the run with the margin at the lowest estimated cost of the whole run,
+    each card judged with the savers it calls for (a big card runs without checkpointing, faster)."""
+    plans = {gpu.name: on_modal_gpu(config, gpu) for gpu in MODAL_GPUS}
+    fitting = [gpu for gpu in MODAL_GPUS if plans[gpu.name][0].required_gib <= gpu.vram_gib]
     if not fitting:
         biggest = max(MODAL_GPUS, key=lambda g: g.vram_gib)
+        needed = plans[biggest.name][0].required_gib
         raise LikenessError(
-            f"this run needs about {estimate.required_gib:.0f} GiB of GPU memory, more than Modal's largest "
+            f"this run needs about {needed:.0f} GiB of GPU memory, more than Modal's largest "
             f"({biggest.name}, {biggest.vram_gib:.0f} GiB): turn on --gradient-checkpointing or lower --batch-size")
-    return min(fitting, key=lambda g: (_modal_plan(config, g)[1], g.usd_per_second))
+    return min(fitting, key=lambda g: (plans[g.name][2], g.usd_per_second))
 
 
 def where_asked(where: Where, gpu: str | None, device: str) -> Where:
@@ -281,14 +264,16 @@ def where_asked(where: Where, gpu: str | None, device: str) -> Where:
 
 
 def decide(config: TrainConfig, where: Where = "auto", gpu: str | None = None,
-           local_gpus: list[LocalGpu] | tuple[LocalGpu, ...] = ()) -> Decision:
-    """Decide where ``config`` runs. Pure: the local GPUs are passed in (``detect_local_gpus()``)."""
-    estimate = estimate_peak_vram(config)
+           local_gpus: list[LocalGpu] | tuple[LocalGpu, ...] = (), host_free_gib: float | None = None) -> Decision:
+    """Decide where ``config`` runs and with which savers. Pure: the local GPUs and the RAM free for a
+    run on the CPU are passed in (``detect_local_gpus()``, ``engine.device.free_memory_gib``)."""
     offer = modal_gpu(gpu) if gpu is not None else None
     implied = offer is not None and where == "auto"
     where = where_asked(where, gpu, config.device)
 
     local = _local_gpu_for(config.device, local_gpus)
+    # Judged on the local card with the savers that card calls for; on no card, with every saver.
+    estimate = estimate_peak_vram(config, local.free_gib if local is not None else None)
     fits = local is not None and estimate.required_gib <= local.free_gib
     if where == "auto":
         if config.device == "cpu":
@@ -307,26 +292,30 @@ def decide(config: TrainConfig, where: Where = "auto", gpu: str | None = None,
     if where == "local":
         warnings = []
         if local is None or config.device == "cpu":
-            if estimate.family == "sdxl":
+            on_cpu = estimate_peak_vram(config, host_free_gib, on_cpu=True)
+            if on_cpu.family == "sdxl":
                 warnings.append("SDXL on the CPU takes minutes per step; --where modal runs it on a cloud GPU")
-            return Decision("local", None, estimate, local, fits, None, 0.0, reason, tuple(warnings))
+            if host_free_gib is not None and on_cpu.required_gib > host_free_gib:
+                warnings.append(f"the estimate ({on_cpu.required_gib:.1f} GiB with margin) is more than the "
+                                f"{host_free_gib:.1f} GiB of RAM free: it may run out of memory")
+            return Decision("local", None, on_cpu, local, fits, None, 0.0, reason, tuple(warnings))
         if not fits:
             warnings.append(f"the estimate ({estimate.required_gib:.1f} GiB with margin) is more than the "
                             f"{local.free_gib:.1f} GiB free: it may run out of memory (--continue-on-modal "
                             "carries on in the cloud from the last checkpoint)")
         speed = _local_speed(local.name)
-        seconds = estimate_seconds(config, speed) if speed else None
+        seconds = estimate_seconds(config, speed, estimate.plan) if speed else None
         return Decision("local", local.name, estimate, local, fits, seconds, 0.0, reason, tuple(warnings))
 
     warnings = []
     if offer is None:
-        offer = choose_gpu(config, estimate)
+        offer = choose_gpu(config)
         reason += f"; {offer.name} is the cheapest Modal GPU it fits"
-    elif estimate.required_gib > offer.vram_gib:
-        warnings.append(f"the estimate ({estimate.required_gib:.1f} GiB with margin) is more than the "
+    cloud, seconds, cost = on_modal_gpu(config, offer)
+    if cloud.required_gib > offer.vram_gib:
+        warnings.append(f"the estimate ({cloud.required_gib:.1f} GiB with margin) is more than the "
                         f"{offer.name}'s {offer.vram_gib:.0f} GiB: it may run out of memory")
-    seconds, cost = _modal_plan(config, offer)
-    return Decision("modal", offer.name, estimate, local, fits, seconds, cost, reason, tuple(warnings))
+    return Decision("modal", offer.name, cloud, local, fits, seconds, cost, reason, tuple(warnings))
 
 
 def _local_gpu_for(device: str, gpus: list[LocalGpu] | tuple[LocalGpu, ...]) -> LocalGpu | None:

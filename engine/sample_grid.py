@@ -20,9 +20,38 @@ class PromptEmbeds:
     pooled_prompt_embeds: object
 
 
+def decode_latents(vae, latents, tile_px: int | None) -> Image.Image:
+    """One image from SDXL latents, as diffusers' pipeline decodes them, but in ``tile_px`` tiles where
+    the image is larger: the decoder's full-size activations are what made sampling the peak."""
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+
+    config = vae.config
+    latents = latents.to(vae.device, vae.dtype)
+    if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+        mean = torch.tensor(config.latents_mean).view(1, 4, 1, 1).to(latents)
+        std = torch.tensor(config.latents_std).view(1, 4, 1, 1).to(latents)
+        latents = latents * std / config.scaling_factor + mean
+    else:
+        latents = latents / config.scaling_factor
+    tiled = tile_px is not None and latents.shape[-1] * 8 > tile_px
+    if tiled:
+        # diffusers tiles SDXL's VAE only above its sample_size (1024 px): set the tile size ourselves.
+        saved = vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size
+        vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = True, tile_px, tile_px // 8
+    try:
+        with torch.no_grad():
+            image = vae.decode(latents, return_dict=False)[0]
+    finally:
+        if tiled:
+            vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = saved
+    return VaeImageProcessor(vae_scale_factor=8).postprocess(image, output_type="pil")[0]
+
+
 def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolution: int, steps: int,
-                  embeds: list[PromptEmbeds] | None, autocast_dtype=None) -> list[list[Image.Image]]:
-    """One row per prompt, one column per seed. Seeds drive a CPU generator: same image on any device."""
+                  embeds: list[PromptEmbeds] | None, autocast_dtype=None, decode=None) -> list[list[Image.Image]]:
+    """One row per prompt, one column per seed. Seeds drive a CPU generator: same image on any device.
+    ``decode(latents)``, when given, turns the denoised latents into the image instead of the pipeline."""
     import torch
 
     device = pipe.unet.device
@@ -44,8 +73,12 @@ def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolutio
                 )
             else:
                 kwargs["prompt"] = prompt
+            if decode is not None:
+                kwargs["output_type"] = "latent"
             with torch.no_grad(), autocast:
-                row.append(pipe(**kwargs).images[0])
+                output = pipe(**kwargs).images
+            # The decode runs outside autocast: the VAE stays in its own (fp32) precision.
+            row.append(decode(output) if decode is not None else output[0])
         rows.append(row)
     return rows
 

@@ -69,10 +69,24 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
         default="auto", description="Compute precision: auto = bf16 on CUDA cards that have it, else fp16; fp32 on CPU."
     )
-    optimizer: Literal["adamw8bit", "adamw"] = Field(
-        default="adamw8bit", description="bitsandbytes 8-bit AdamW (a quarter of the optimizer memory) or torch AdamW."
+    optimizer: Literal["auto", "adamw8bit", "adamw"] = Field(
+        default="auto",
+        description="bitsandbytes 8-bit AdamW (a quarter of the optimizer memory, a little slower) or torch AdamW; "
+        "auto = torch AdamW unless the run needs the memory (engine.memory_estimate.choose_plan).",
     )
-    gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward to save memory.")
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Recompute activations in backward: saves gigabytes, costs 2.2x a step. auto = off when the run "
+        "fits the device's free memory without it, else on.",
+    )
+    compile_unet: bool = Field(
+        default=False,
+        description="torch.compile each of the UNet's transformer blocks (regional compilation; CUDA). Off until "
+        "the GPU benchmark measures it faster.",
+    )
+    channels_last: bool = Field(
+        default=False, description="Keep the UNet's convolution weights channels-last. Off until measured faster."
+    )
     attention: Literal["auto", "xformers", "sdpa"] = Field(
         default="auto", description="Attention kernel: auto = xformers when installed on CUDA, else PyTorch SDPA."
     )
@@ -91,6 +105,12 @@ class TrainConfig(BaseModel):
     resume: bool = Field(default=False, description="Continue from the newest checkpoint in the run directory.")
     force: bool = Field(default=False, description="Overwrite a run directory that already holds a finished run.")
     device: str = Field(default="auto", description="torch device: auto = cuda when available, else cpu.")
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_from_bool(cls, value):
+        # Config files and API clients written before 'auto' say true/false: they mean on/off.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("resolution")
     @classmethod

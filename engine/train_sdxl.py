@@ -1,7 +1,11 @@
 """DreamBooth + LoRA for SDXL, read top to bottom.
 
-    check inputs -> load and freeze -> add LoRA -> cache embeddings and latents
-    -> (resume) -> loop: noise, predict, step, log, sample, checkpoint -> save
+    check inputs, choose savers -> load (on the CPU, in the training dtype), freeze, add LoRA
+    -> caching: encoders and VAE on the device, embeddings and latents one image at a time, then off
+    -> the UNet arrives -> (resume) -> loop: noise, predict, step, log, sample, checkpoint -> save
+
+Each phase holds only what it needs on the device (engine.memory_estimate estimates each one; run.json
+records what each one measured on CUDA), and the savers are chosen for the device it runs on.
 
 Every step draws its images, noise and timesteps from a generator seeded by (seed, step), so a
 run stopped at a checkpoint and resumed follows exactly the loss curve of an uninterrupted run.
@@ -11,23 +15,33 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.base_models import BaseModelSource, check_base_available, load_sdxl_pipeline, resolve_base
-from engine.checkpoints import load_checkpoint, save_checkpoint
-from engine.device import Placement, choose_placement, memory_kind, peak_memory_mb, reset_peak_memory
+from engine.base_models import BaseModelSource, load_sdxl_pipeline
+from engine.checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
+from engine.device import (
+    PhasePeaks,
+    Placement,
+    choose_placement,
+    free_memory_gib,
+    memory_kind,
+    peak_memory_mb,
+)
 from engine.errors import LikenessError
 from engine.events import EventSink, Log, Progress, SampleReady, Started, ignore_events
 from engine.grid import save_png_atomically
 from engine.identity_scores import identity_for_dataset, mean_score, score_images, score_label
-from engine.images import TrainingImage, image_folder, list_image_files, load_training_images
+from engine.images import TrainingImage, load_training_images
 from engine.lora_files import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES, save_lora
+from engine.memory_estimate import MemoryPlan, choose_plan, estimate_phases
+from engine.outputs import first_missing
 from engine.placement import out_of_memory_error, stop_status
 from engine.run_dir import RunDir, write_json_atomically
-from engine.sample_grid import PromptEmbeds, render_images, sample_grid
+from engine.sample_grid import PromptEmbeds, decode_latents, render_images, sample_grid
 from engine.settings import Settings
 from engine.train_config import TrainConfig
 from engine.versions import library_versions
@@ -63,25 +77,39 @@ class SDXLLoRATrainer:
         self.step_hook = step_hook
         self.run_dir = RunDir(config.out)
         self.placement: Placement | None = None
+        self.plan: MemoryPlan | None = None
         self.base: BaseModelSource | None = None
         self.pipe = None
 
     # 1. Inputs are checked before anything heavy loads: a typo costs a second, not a minute.
     def check_inputs(self) -> None:
-        list_image_files(image_folder(self.config.data))
         from engine.prep import is_prepared_dataset
+        from engine.train_checks import check_fits_in_ram, check_train_inputs
+
+        self.base = check_train_inputs(self.config, self.settings)
 
         # A raw photo folder goes through prep first, into the run directory, unless told otherwise.
         self.needs_prep = self.config.prep and not is_prepared_dataset(self.config.data)
         self.dataset = self.run_dir.root / "dataset" if self.needs_prep else self.config.data
-        if self.config.resume:
-            if not self.run_dir.checkpoint_steps():
-                raise LikenessError(f"--resume: {self.config.out} has no checkpoint to resume from")
-        else:
-            self.run_dir.prepare_for_new_run(self.config.force)
         self.placement = choose_placement(self.config.device, self.config.mixed_precision)
-        self.base = resolve_base(self.config.base, self.settings)
-        check_base_available(self.base)
+        if self.config.resume and not self.run_dir.checkpoint_steps():
+            raise LikenessError(f"--resume: {self.config.out} has no checkpoint to resume from")
+        # Savers are a means, not a default: on only where this device's free memory needs them.
+        free = free_memory_gib(self.placement)
+        self.plan = choose_plan(self.config, free, on_cpu=not self.placement.is_cuda,
+                                optimizer_of_resumed_run=self._resumed_optimizer())
+        check_fits_in_ram(self.config, self.plan, self.placement, free)
+        # The run directory is created last, once everything above holds.
+        if not self.config.resume:
+            self.run_dir.prepare_for_new_run(self.config.force)
+
+    def _resumed_optimizer(self) -> str | None:
+        """The optimizer whose state the newest checkpoint holds: a resumed run must keep it."""
+        if not self.config.resume:
+            return None
+        state = checkpoint_state(self.run_dir.checkpoint_path(self.run_dir.checkpoint_steps()[-1]))
+        # Checkpoints from before the savers were chosen per device all used the then default, 8-bit AdamW.
+        return state.get("memory_plan", {}).get("optimizer", "adamw8bit")
 
     # 2. Load SDXL, freeze it, and add the LoRA layers that are the only thing trained.
     def load(self) -> None:
@@ -93,22 +121,22 @@ class SDXLLoRATrainer:
 
         if self.placement is None:
             self.check_inputs()
-        self.pipe = load_sdxl_pipeline(self.base)
-        pipe, placement = self.pipe, self.placement
+        placement = self.placement
         self.weight_dtype = getattr(torch, placement.weight_dtype)
+        # Straight into the training dtype: an fp32 UNet first would take 10 GB of RAM on its own. The
+        # VAE stays fp32: SDXL's VAE overflows in fp16. Everything stays on the CPU until its phase.
+        self.pipe = load_sdxl_pipeline(self.base, torch_dtype={"default": self.weight_dtype, "vae": torch.float32})
+        pipe = self.pipe
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoders = [pipe.text_encoder, pipe.text_encoder_2]
         self.tokenizers = [pipe.tokenizer, pipe.tokenizer_2]
         for model in (self.unet, self.vae, *self.text_encoders):
             model.requires_grad_(False)
-        # The VAE stays fp32: SDXL's VAE overflows in fp16, and it only runs once per image here.
-        self.vae.to(placement.device, dtype=torch.float32)
-        self.unet.to(placement.device, dtype=self.weight_dtype)
-        for encoder in self.text_encoders:
-            encoder.to(placement.device, dtype=self.weight_dtype)
+        if self.config.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
 
         self.attention = self._choose_attention()
-        if self.config.gradient_checkpointing:
+        if self.plan.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         # peft draws the LoRA's initial weights from torch's global generator: seed it, or two runs
         # with the same seed would start from different LoRAs.
@@ -119,7 +147,7 @@ class SDXLLoRATrainer:
             for encoder in self.text_encoders:
                 encoder.add_adapter(LoraConfig(r=self.config.rank, lora_alpha=self.config.lora_alpha,
                                                init_lora_weights="gaussian", target_modules=TEXT_ENCODER_TARGET_MODULES))
-                if self.config.gradient_checkpointing:
+                if self.plan.gradient_checkpointing:
                     encoder.gradient_checkpointing_enable()
         # Trainable LoRA weights stay fp32 even when the frozen weights are half precision:
         # the optimizer's small updates would vanish in fp16.
@@ -164,17 +192,22 @@ class SDXLLoRATrainer:
         return PromptEmbeds(torch.cat(hidden, dim=-1), pooled)
 
     # 4. Latents: the VAE encoder runs once per image; each step samples from the cached distribution.
-    def cache_latents(self, images: list[TrainingImage]):
+    # It encodes as many images at once as the plan says (one at 1024 px: 3 GiB of fp32 activations each).
+    def latent_distribution(self, pixels: list):
+        """The VAE's latent distribution (on the CPU) of ``pixels``, ``plan.vae_encode_batch`` at a time."""
         import torch
 
-        means, stds = [], []
+        means, stds, at_once = [], [], self.plan.vae_encode_batch
         with torch.no_grad():
-            for start in range(0, len(images), 8):
-                batch = torch.stack([im.pixels for im in images[start:start + 8]]).to(self.placement.device)
+            for start in range(0, len(pixels), at_once):
+                batch = torch.stack(pixels[start:start + at_once]).to(self.placement.device, torch.float32)
                 dist = self.vae.encode(batch).latent_dist
                 means.append(dist.mean.cpu())
                 stds.append(dist.std.cpu())
         return torch.cat(means), torch.cat(stds)
+
+    def cache_latents(self, images: list[TrainingImage]):
+        return self.latent_distribution([im.pixels for im in images])
 
     def _autocast(self):
         import torch
@@ -212,15 +245,19 @@ class SDXLLoRATrainer:
         self.last_sample_score = None
         record = self._run_record(len(images), status="running")
         run.write_run(record)
-        reset_peak_memory(placement)
+        self.phases = PhasePeaks(placement)
 
         # Caching latents and embeddings can run out of memory as surely as a step can.
         try:
             noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+            # Caching: only the text encoders and the VAE on the device; the UNet waits on the CPU.
+            self.phases.enter("caching")
+            for model in (*self.text_encoders, self.vae):
+                model.to(placement.device)
+            prior = self._prior_batch(noise_scheduler) if config.prior_preservation else None
             instance = None if config.train_text_encoder else self.encode_prompt(config.instance_prompt)
             latent_mean, latent_std = self.cache_latents(images) if config.cache_latents else (None, None)
             time_ids = torch.stack([self._time_ids(im) for im in images])
-            prior = self._prior_batch(noise_scheduler) if config.prior_preservation else None
             sample_embeds = (None if config.train_text_encoder
                              else [self.encode_prompt(p) for p in config.sample_prompts()])
             if not config.train_text_encoder:
@@ -232,6 +269,12 @@ class SDXLLoRATrainer:
             if placement.is_cuda:
                 torch.cuda.empty_cache()
 
+            # Load: the UNet arrives only now, into the room the encoders left.
+            self.phases.enter("load")
+            self.unet.to(placement.device)
+            if config.compile_unet:
+                self._compile_transformer_blocks()
+            self.phases.enter("loop")
             optimizer = self._optimizer()
             lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
                                          num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.steps)
@@ -244,6 +287,7 @@ class SDXLLoRATrainer:
             self.on_event(Started(first_step, config.steps))
             if config.sample_every and first_step == 0:
                 self._save_samples(0, sample_embeds)
+                self.phases.enter("loop")
 
             scaling = self.vae.config.scaling_factor
             shift = getattr(self.vae.config, "shift_factor", None) or 0.0
@@ -263,9 +307,8 @@ class SDXLLoRATrainer:
                     eps = torch.randn(latent_mean[index].shape, generator=gen)
                     latents = latent_mean[index] + latent_std[index] * eps
                 else:
-                    pixels = torch.stack([images[i].pixels for i in indices]).to(placement.device)
-                    with torch.no_grad():
-                        latents = self.vae.to(placement.device).encode(pixels).latent_dist.sample(gen).cpu()
+                    mean, std = self.latent_distribution([images[i].pixels for i in indices])
+                    latents = mean + std * torch.randn(mean.shape, generator=gen)
                 latents = (latents - shift) * scaling
                 batch_time_ids = time_ids[index]
                 embeds = instance if instance is not None else self.encode_prompt(config.instance_prompt, grad=True)
@@ -318,18 +361,21 @@ class SDXLLoRATrainer:
                        "peak_memory_mb": round(peak_memory_mb(placement), 1)}
                 if config.sample_every and (step % config.sample_every == 0 or step == config.steps):
                     row["sample_identity_score"] = self._save_samples(step, sample_embeds)
+                    self.phases.enter("loop")
                 run.append_metrics(row)
                 self.on_event(Progress(step, config.steps, loss_value, lr, recent, recent * (config.steps - step)))
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
                     save_checkpoint(run, step, self._lora_models(), optimizer, lr_scheduler,
                                     config.model_dump(mode="json"), rank=config.rank, alpha=config.lora_alpha,
-                                    keep=config.checkpoints_keep)
+                                    keep=config.checkpoints_keep, memory_plan=self.plan.to_json())
                     run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
                 if self.step_hook is not None:
                     self.step_hook(step)
         except BaseException as stop:
             status = stop_status(stop)
-            run.write_run({**record, "status": status, "wall_time_s": self._wall(record, started)})
+            self.phases.close()
+            run.write_run({**record, "status": status, "wall_time_s": self._wall(record, started),
+                           "phase_peak_memory_mb": self.phases.peaks_mb or None})
             if status == "out_of_memory":
                 # Not a crash: say so in one line, keep the checkpoints, and offer the cloud.
                 steps = run.checkpoint_steps()
@@ -338,11 +384,12 @@ class SDXLLoRATrainer:
 
         lora_path = save_lora(run.root, **self._lora_models_kw(), rank=config.rank, alpha=config.lora_alpha)
         wall = time.perf_counter() - started
-        peak = peak_memory_mb(placement)
+        peak = self.phases.whole_run_mb()
         run.write_run({**record, "status": "done", "finished_at": _now(), "steps_done": config.steps,
                        "final_loss": loss_value, "wall_time_s": self._wall(record, started),
                        "identity_score_last_grid": self.last_sample_score,
                        "peak_memory_mb": round(peak, 1),
+                       "phase_peak_memory_mb": self.phases.peaks_mb or None,
                        "median_seconds_per_step": (sorted(step_times)[len(step_times) // 2] if step_times else None)})
         return TrainResult(run.root, lora_path, config.steps, loss_value, wall, peak)
 
@@ -367,10 +414,19 @@ class SDXLLoRATrainer:
         return {"unet": models["unet"], "text_encoder": models.get("text_encoder"),
                 "text_encoder_2": models.get("text_encoder_2")}
 
+    def _compile_transformer_blocks(self) -> None:
+        """Regional compilation: each transformer block compiled once and reused by its twins, so
+        compiling takes seconds instead of the minutes a whole-UNet compile does."""
+        from diffusers.models.attention import BasicTransformerBlock
+
+        for module in self.unet.modules():
+            if isinstance(module, BasicTransformerBlock):
+                module.compile()
+
     def _optimizer(self):
         import torch
 
-        if self.config.optimizer == "adamw8bit":
+        if self.plan.optimizer == "adamw8bit":
             import bitsandbytes as bnb
 
             return bnb.optim.AdamW8bit(self.trainable, lr=self.config.lr, weight_decay=1e-4)
@@ -380,9 +436,14 @@ class SDXLLoRATrainer:
         """Class images drawn by the base model (cached across runs), their latents and embeddings."""
         import torch
 
-        from engine.class_images import ensure_class_images
+        from engine.class_images import cached_class_images, ensure_class_images
 
-        folder = ensure_class_images(self, self.config, self.settings)
+        folder = cached_class_images(self, self.config, self.settings)
+        if folder is None:
+            # Drawing them takes the whole pipeline on the device, once per base, prompt and size.
+            self.unet.to(self.placement.device)
+            folder = ensure_class_images(self, self.config, self.settings)
+            self.unet.to("cpu")
         class_images, _ = load_training_images(folder, self.config.resolution)
         mean, std = self.cache_latents(class_images)
         latents = mean + std * torch.randn(mean.shape, generator=_step_generator(self.config.seed, -10**9))
@@ -403,16 +464,23 @@ class SDXLLoRATrainer:
 
     def _save_samples(self, step: int, embeds: list[PromptEmbeds] | None) -> float | None:
         """Draw, score and save the grid for ``step``; return its mean identity score."""
+        import torch
+
         prompts = self.config.sample_prompts()
+        self.phases.enter("sampling")
+        # The VAE comes back for the grid and decodes in tiles, so sampling stays inside the loop's budget.
         self.vae.to(self.placement.device)
         self.unet.eval()
         pipe = self.sampling_pipeline(frozen_text=embeds is not None)
         pipe.set_progress_bar_config(disable=True)
         autocast_dtype = self.weight_dtype if self.placement.is_cuda else None
         rows = render_images(pipe, prompts, self.config.sample_seeds, resolution=self.config.resolution,
-                             steps=self.config.sample_steps, embeds=embeds, autocast_dtype=autocast_dtype)
+                             steps=self.config.sample_steps, embeds=embeds, autocast_dtype=autocast_dtype,
+                             decode=lambda latents: decode_latents(self.vae, latents, self.plan.decode_tile_px))
         if self.config.cache_latents:
             self.vae.to("cpu")
+            if self.placement.is_cuda:
+                torch.cuda.empty_cache()
         self.unet.train()
         scores = [score_images(self.identity, row) for row in rows]
         labels = [[score_label(s) for s in row] for row in scores] if self.identity is not None else None
@@ -441,6 +509,11 @@ class SDXLLoRATrainer:
             "gpu_name": self.placement.gpu_name,
             "precision": self.placement.weight_dtype,
             "attention": self.attention,
+            # Which savers this device called for and why, and the phases' estimated peaks to set
+            # phase_peak_memory_mb (measured, CUDA) against.
+            "savers": self.plan.to_json(),
+            "estimated_phase_peak_gib": estimate_phases(self.config, self.plan,
+                                                        on_cpu=not self.placement.is_cuda).phases,
             "lora_rank": self.config.rank,
             "lora_alpha": self.config.lora_alpha,
             "seed": self.config.seed,
@@ -460,7 +533,16 @@ def train(config: TrainConfig, settings: Settings, on_event: EventSink = ignore_
           step_hook: StepHook | None = None) -> TrainResult:
     """Train a LoRA as ``config`` says; events report progress, ``step_hook`` may cancel."""
     trainer = SDXLLoRATrainer(config, settings, on_event, step_hook)
-    trainer.check_inputs()
-    return trainer.run()
+    created = first_missing(config.out)
+    try:
+        trainer.check_inputs()
+        return trainer.run()
+    except BaseException:
+        # A run that stopped before its first step holds nothing worth keeping: a folder it created
+        # goes again, so a failed command leaves the file system as it found it.
+        run = RunDir(config.out)
+        if created is not None and not run.read_metrics() and not run.checkpoint_steps():
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 

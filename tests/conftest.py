@@ -77,3 +77,17 @@ def trained_run(tmp_path_factory, photos, settings, tiny_model) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
     train(tiny_train_config(photos, out), settings)
     return out
+
+
+# A run with everything the interop tests and the CLI battery need: LoRA on the UNet and both text
+# encoders, alpha != rank (so a scale that lived only in the metadata would show), a checkpoint.
+TEXT_ENCODER_RUN = dict(steps=2, rank=4, alpha=8.0, train_text_encoder=True, sample_every=0, checkpoint_every=1)
+
+
+@pytest.fixture(scope="session")
+def text_encoder_run(tmp_path_factory, dataset, settings, tiny_model) -> Path:
+    from engine.train_sdxl import train
+
+    out = tmp_path_factory.mktemp("runs") / "te-run"
+    train(tiny_train_config(dataset, out, **TEXT_ENCODER_RUN), settings)
+    return out

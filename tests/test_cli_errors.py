@@ -90,7 +90,7 @@ def test_unwritable_output(capsys, tmp_path, photos, tiny_model):
     blocker = tmp_path / "a-file"
     blocker.write_text("mine")
     code, err = run_cli(capsys, *train_args(photos, blocker / "run"))
-    assert_one_line_error(code, err, "cannot write")
+    assert_one_line_error(code, err, "is a file, not a folder")
     assert blocker.read_text() == "mine"
 
 
@@ -141,7 +141,10 @@ def test_lora_that_does_not_fit_the_base(capsys, tmp_path, tiny_model):
     save_file({key.format("down"): torch.zeros(4, 320), key.format("up"): torch.zeros(1280, 4)}, str(alien))
     code, err = run_cli(capsys, "generate", "--base", "tiny", "--lora", str(alien), "--steps", "1",
                         "--width", "64", "--out", str(tmp_path / "gen"))
-    assert_one_line_error(code, err, "does not fit base")
+    # One line that says why (the layer sizes differ), not diffusers' list of every mismatched layer.
+    assert_one_line_error(code, err, "made for a model with other layer sizes", "320 vs 64", "not for base tiny")
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "gen").exists()
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
@@ -181,3 +184,50 @@ def test_single_file_base_that_is_not_sdxl(capsys, tmp_path, dataset):
     argv[argv.index("--base") + 1] = str(junk)
     code, err = run_cli(capsys, *argv)
     assert_one_line_error(code, err, str(junk))
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--rank", "65"], "--rank 65 is more than the 64 channels"),  # the tiny UNet's attention is 64 wide
+    (["--rank", "33", "--train-text-encoder"], "32 channels of the narrowest layer it adapts in tiny's text encoder"),
+])
+def test_rank_is_bounded_by_the_narrowest_adapted_layer(capsys, tmp_path, dataset, tiny_model, extra, needle):
+    code, err = run_cli(capsys, *train_args(dataset, tmp_path / "out", *extra))
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_cpu_run_that_cannot_fit_in_ram_is_refused_before_loading(capsys, tmp_path, dataset):
+    # An SDXL-family base (any but tiny) that is only a model_index.json: loading it would fail, so
+    # reaching the one-line RAM refusal shows the estimate is checked before anything loads.
+    base = tmp_path / "sdxl"
+    base.mkdir()
+    (base / "model_index.json").write_text("{}")
+    argv = train_args(dataset, tmp_path / "out", "--device", "cpu", "--batch-size", "64")
+    argv[argv.index("--base") + 1] = str(base)
+    argv[argv.index("--resolution") + 1] = "4096"
+    code, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, "GiB of RAM on the CPU")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--lora", "nope.safetensors"],
+    ["generate", "--lora", "EMPTY"],
+    ["generate", "--base", "tiny", "--prompt", "a photo of {who}"],
+    ["generate", "--lora", "TEXT"],
+    ["export", "nope"],
+    ["train", "--data", "nope", "--out", "out"],
+])
+def test_cheap_mistakes_are_reported_before_torch_is_imported(tmp_path, argv):
+    # Importing torch and diffusers takes seconds: a typo must be answered before that.
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "TEXT").write_text("not a LoRA")
+    argv = [a.replace("TEXT", "TEXT.safetensors") for a in argv]
+    (tmp_path / "TEXT").rename(tmp_path / "TEXT.safetensors")
+    script = ("import sys; from engine.cli import main; code = main(sys.argv[1:]); "
+              "sys.exit(code + 100 if 'torch' in sys.modules else code)")
+    result = subprocess.run([sys.executable, "-c", script, *argv], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stderr.startswith("likeness: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["EMPTY", "TEXT.safetensors"]

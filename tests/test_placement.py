@@ -118,8 +118,9 @@ def test_cuda_n_device_is_judged_on_that_card():
     assert decide(config(device="cuda:0"), "auto", None, gpus).where == "local"
 
 
-def test_dry_run_prints_the_decision_and_trains_nothing(capsys, tmp_path):
-    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--dry-run", "--device", "cuda:0",
+def test_dry_run_prints_the_decision_and_trains_nothing(capsys, tmp_path, photos):
+    # The inputs are checked before deciding (not the local cache: Modal downloads the base itself).
+    code = main(["train", "--data", str(photos), "--out", str(tmp_path / "run"), "--dry-run", "--device", "cuda:0",
                  "--where", "modal", "--batch-size", "2"])
     out = capsys.readouterr().out
     assert code == 0
@@ -128,8 +129,8 @@ def test_dry_run_prints_the_decision_and_trains_nothing(capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_dry_run_of_the_tiny_model_stays_local(capsys, tmp_path):
-    assert main(["train", "--base", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
+def test_dry_run_of_the_tiny_model_stays_local(capsys, tmp_path, photos):
+    assert main(["train", "--base", "tiny", "--data", str(photos), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
     assert "where: local" in capsys.readouterr().out
 
 

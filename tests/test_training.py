@@ -89,7 +89,8 @@ def test_optimizer_state_is_8bit(tmp_path, dataset, settings, tiny_model):
     # bitsandbytes keeps tensors under 4,096 elements in 32-bit; rank 64 makes the tiny model's
     # LoRA matrices as large as that, as every SDXL-size LoRA matrix is.
     out = tmp_path / "run"
-    train(tiny_train_config(dataset, out, steps=2, rank=64, checkpoint_every=1, sample_every=0), settings)
+    train(tiny_train_config(dataset, out, steps=2, rank=64, checkpoint_every=1, sample_every=0,
+                            optimizer="adamw8bit"), settings)
     state = torch.load(RunDir(out).checkpoint_path(1) / "optimizer.pt", weights_only=False)["state"]
     moments = []
     for param_state in state.values():
@@ -98,18 +99,46 @@ def test_optimizer_state_is_8bit(tmp_path, dataset, settings, tiny_model):
         moments += [quant[k] for k in ("state1", "state2")]
     assert len(moments) == 2 * len(state) > 0
     assert all(t.dtype == torch.uint8 for t in moments)
+    # Resumed with the optimizer on auto (where the CPU would choose torch AdamW), the run keeps the
+    # 8-bit optimizer its checkpoint's state belongs to.
+    resumed = SDXLLoRATrainer(tiny_train_config(dataset, out, steps=3, rank=64, sample_every=0, resume=True), settings)
+    resumed.check_inputs()
+    assert resumed.plan.optimizer == "adamw8bit"
 
 
-def test_vae_encoder_runs_once_per_image(tmp_path, dataset, settings, tiny_model):
+def test_savers_are_chosen_for_the_device_and_recorded_with_why(trained_run):
+    # The tiny model at 64 px fits this machine's RAM many times over: no saver is worth its cost.
+    record = RunDir(trained_run).read_run()
+    savers = record["savers"]
+    assert (savers["gradient_checkpointing"], savers["optimizer"]) == (False, "adamw")
+    assert "RAM free: no saver needed" in savers["reason"]
+    assert set(record["estimated_phase_peak_gib"]) == {"caching", "load", "loop", "sampling"}
+
+
+def test_vae_encoder_runs_once_per_image_and_never_on_more_than_the_plan_says(tmp_path, dataset, settings,
+                                                                              tiny_model):
     n_images = len(list((dataset / "images").glob("*.png")))
     trainer = SDXLLoRATrainer(tiny_train_config(dataset, tmp_path / "run", steps=3 * n_images, sample_every=0,
                                                 checkpoint_every=0), settings)
     trainer.check_inputs()
     trainer.load()
     encoded = []
+    # Observing the real VAE: a forward hook counts the images in every batch it encodes.
     trainer.vae.encoder.register_forward_hook(lambda _m, inputs, _o: encoded.append(inputs[0].shape[0]))
     trainer.run()
     assert sum(encoded) == n_images
+    assert n_images > 1 and max(encoded) <= trainer.plan.vae_encode_batch == 1
+
+
+def test_uncached_latents_are_encoded_within_the_plan_too(tmp_path, dataset, settings, tiny_model):
+    trainer = SDXLLoRATrainer(tiny_train_config(dataset, tmp_path / "run", steps=2, batch_size=3, sample_every=0,
+                                                checkpoint_every=0, cache_latents=False), settings)
+    trainer.check_inputs()
+    trainer.load()
+    encoded = []
+    trainer.vae.encoder.register_forward_hook(lambda _m, inputs, _o: encoded.append(inputs[0].shape[0]))
+    trainer.run()
+    assert sum(encoded) == 2 * 3 and max(encoded) <= trainer.plan.vae_encode_batch
 
 
 def test_text_encoder_lora_and_prior_preservation_train_and_save(tmp_path, dataset, settings, tiny_model):

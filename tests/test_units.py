@@ -88,3 +88,35 @@ def test_sdxl_unet_modules_map_to_the_layout_kohya_files_use(module, expected):
     from engine.lora_files import _sgm_unet_module
 
     assert _sgm_unet_module(module, layers_per_block=2) == expected
+
+
+@pytest.mark.parametrize("module", ["encoder.layers.3.self_attn.q_proj", "text_model.encoder.layers.3.self_attn.q_proj"])
+def test_kohya_names_of_the_first_text_encoder_are_standard_whichever_form_the_file_has(module):
+    # transformers 5's CLIPTextModel has no text_model level; files written with it still export to
+    # the names ComfyUI, A1111 and Forge look for.
+    import torch
+
+    from engine.lora_files import to_kohya
+
+    state = {f"text_encoder.{module}.lora_linear_layer.down.weight": torch.ones(2, 8),
+             f"text_encoder.{module}.lora_linear_layer.up.weight": torch.ones(8, 2)}
+    out = to_kohya(state, {}, layers_per_block=2)
+    name = "lora_te1_text_model_encoder_layers_3_self_attn_q_proj"
+    assert set(out) == {f"{name}.lora_down.weight", f"{name}.lora_up.weight", f"{name}.alpha"}
+    assert float(out[f"{name}.alpha"]) == 2.0  # no alpha given: the rank, scale 1 (ours are folded)
+
+
+def test_safetensors_bytes_do_not_depend_on_the_order_things_were_given_in():
+    import json
+
+    import torch
+
+    from engine.lora_files import safetensors_bytes
+
+    tensors = {"b": torch.ones(2), "a": torch.zeros(3)}
+    metadata = {f"key{i}": str(i) for i in range(20)}
+    one = safetensors_bytes(tensors, metadata)
+    two = safetensors_bytes(dict(reversed(tensors.items())), dict(reversed(metadata.items())))
+    assert one == two
+    size = int.from_bytes(one[:8], "little")
+    assert size % 8 == 0 and list(json.loads(one[8:8 + size])["__metadata__"]) == sorted(metadata)

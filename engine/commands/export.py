@@ -13,28 +13,47 @@ def register(subparsers) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
     p.add_argument("--format", choices=["kohya"], default="kohya", help="output format (default kohya)")
     p.add_argument("--step", type=int, help="export the checkpoint at this step instead of the final LoRA")
-    p.add_argument("--out", type=Path, metavar="FILE", help="output file (default RUN_DIR/export/<name>-kohya.safetensors)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="output .safetensors file (default RUN_DIR/export/<run name>.safetensors)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from engine.errors import LikenessError
-    from engine.generate import _lora_source
+    from engine.generate import _lora_source, lora_name
     from engine.lora_files import export_kohya
+    from engine.outputs import check_output_path, create_folder, removed_on_failure
     from engine.run_dir import RunDir
 
     if not args.run_dir.is_dir() or RunDir(args.run_dir).read_run() is None:
         raise LikenessError(f"{args.run_dir} is not a likeness run directory (no run.json)")
     lora = _lora_source(args.run_dir).file_for(args.run_dir, args.step)
-    name = args.run_dir.resolve().name + (f"-step{args.step}" if args.step is not None else "")
-    dest = args.out or args.run_dir / "export" / f"{name}-kohya.safetensors"
-    if dest.exists() and not args.force:
-        raise LikenessError(f"{dest} exists; pass --force to overwrite it")
+    # Named after the run, as generate's <lora:NAME:…> tags and "Lora hashes" name it.
+    name = lora_name(args.run_dir, args.step)
+    dest = args.out or args.run_dir / "export" / f"{name}.safetensors"
+    _check_destination(dest, args.run_dir, args.force)
+    check_output_path(dest, "--out")
     layers_per_block = _layers_per_block(RunDir(args.run_dir).read_run())
-    export_kohya(lora, dest, layers_per_block)
+    with removed_on_failure(dest.parent):
+        create_folder(dest.parent)
+        export_kohya(lora, dest, layers_per_block, name=name)
     print(f"kohya LoRA: {dest}  (copy it into ComfyUI/models/loras or A1111/Forge models/Lora)")
     return 0
+
+
+def _check_destination(dest: Path, run_dir: Path, force: bool) -> None:
+    from engine.errors import LikenessError
+
+    if dest.is_dir():
+        raise LikenessError(f"--out {dest} is a folder; give the file to write, e.g. {dest / 'name.safetensors'}")
+    if dest.suffix.lower() != ".safetensors":
+        raise LikenessError(f"--out {dest} must end in .safetensors: ComfyUI, A1111 and Forge list only those")
+    run, export = run_dir.resolve(), (run_dir / "export").resolve()
+    target = dest.resolve()
+    if dest.exists() and target.is_relative_to(run) and not target.is_relative_to(export):
+        raise LikenessError(f"--out {dest} is one of the run's own files; export never overwrites them")
+    if dest.exists() and not force:
+        raise LikenessError(f"{dest} exists; pass --force to overwrite it")
 
 
 def _layers_per_block(run: dict) -> int:

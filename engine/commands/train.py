@@ -42,8 +42,16 @@ def register(subparsers) -> None:
     flag(p, "--num-class-images", dest="num_class_images", type=int, help="class images (default 100)")
     flag(p, "--mixed-precision", dest="mixed_precision", choices=["auto", "no", "fp16", "bf16"],
          help="auto = bf16/fp16 on CUDA, fp32 on CPU")
-    flag(p, "--optimizer", choices=["adamw8bit", "adamw"], help="default adamw8bit (bitsandbytes)")
-    switch(p, "--gradient-checkpointing", help="recompute activations to save memory (default on)")
+    flag(p, "--optimizer", choices=["auto", "adamw8bit", "adamw"],
+         help="auto (default): torch AdamW unless the run needs 8-bit AdamW's smaller state to fit")
+    flag(p, "--gradient-checkpointing", dest="gradient_checkpointing", choices=["auto", "on", "off"], nargs="?",
+         const="on", help="recompute activations to save memory, 2.2x slower a step; auto (default): on only "
+                          "where the run does not fit the device's free memory without it")
+    p.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_const", const="off",
+                   default=argparse.SUPPRESS, help="same as --gradient-checkpointing off")
+    p.add_argument("--compile", dest="compile_unet", default=argparse.SUPPRESS, action=argparse.BooleanOptionalAction,
+                   help="torch.compile the UNet's transformer blocks (CUDA; off: not yet measured faster)")
+    switch(p, "--channels-last", help="channels-last UNet weights (off: not yet measured faster)")
     flag(p, "--attention", choices=["auto", "xformers", "sdpa"], help="auto = xformers when installed on CUDA")
     switch(p, "--cache-latents", help="VAE-encode each image once before the loop (default on)")
     flag(p, "--device", help="auto, cpu, cuda or cuda:N (default auto)")

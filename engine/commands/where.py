@@ -24,15 +24,25 @@ def add_where_flags(parser: argparse.ArgumentParser) -> None:
 
 def decide_for(config, args: argparse.Namespace):
     """The placement decision for ``config`` and the flags, against this machine's GPUs."""
-    from engine.base_models import resolve_base
-    from engine.placement import decide, detect_local_gpus, model_family
+    from engine.placement import decide, detect_local_gpus, model_family, where_asked
     from engine.settings import Settings
+    from engine.train_checks import check_train_inputs
 
-    if config.base != "tiny":
-        resolve_base(config.base, Settings())  # a mistyped --base is reported before anything is decided
+    # Data, --out, --base and --rank are checked before anything is decided: a mistyped --base must
+    # be reported as such, not as a Modal error on a machine without a GPU.
+    check_train_inputs(config, Settings(), in_the_cloud=where_asked(args.where, args.gpu, config.device) == "modal")
     # Asking CUDA loads torch (seconds); the tiny model and --device cpu stay here whatever it says.
     look = config.device != "cpu" and model_family(config) != "tiny"
-    return decide(config, args.where, args.gpu, detect_local_gpus() if look else [])
+    gpus = detect_local_gpus() if look else []
+    # A run on this machine's CPU chooses its savers against the RAM available (psutil: no torch).
+    host_free = _ram_free_gib() if not gpus else None
+    return decide(config, args.where, args.gpu, gpus, host_free_gib=host_free)
+
+
+def _ram_free_gib() -> float | None:
+    from engine.device import Placement, free_memory_gib
+
+    return free_memory_gib(Placement("cpu", "float32", None))
 
 
 def train_where(config, decision, args: argparse.Namespace, settings, on_event):

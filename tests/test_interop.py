@@ -1,0 +1,209 @@
+"""What other tools get from our files: ComfyUI's and kohya's key names, a scale that survives
+stripped metadata, byte-identical files, and A1111 metadata that names the LoRA and the base."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from engine.cli import main
+from tests.conftest import TEXT_ENCODER_RUN
+
+pytestmark = pytest.mark.slow
+
+CLIP_MODULES = ["mlp.fc1", "mlp.fc2", "self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj", "self_attn.out_proj"]
+
+
+def sgm_attention_blocks(unet: dict) -> dict[str, int]:
+    """The SDXL UNet's attention blocks in the original (SGM) layout that kohya and ComfyUI name keys by,
+    with the transformer depth of each. The rule, from the published layout:
+
+    - input_blocks.0 is conv_in; down level i, layer j is input_blocks.(1 + i*(L+1) + j), L = layers_per_block
+      (the +1 is each level's downsampler); its [0] is a ResBlock and its [1] the SpatialTransformer.
+    - middle_block is [ResBlock, SpatialTransformer, ResBlock]: middle_block.1.
+    - up level i (deepest first), layer j is output_blocks.(i*(L+1) + j), j = 0..L; [1] is the transformer.
+    """
+    per_level = len(unet["block_out_channels"])
+    lpb = unet["layers_per_block"]
+    depth = unet["transformer_layers_per_block"]
+    depth = depth if isinstance(depth, list) else [depth] * per_level
+    blocks = {}
+    for i, kind in enumerate(unet["down_block_types"]):
+        if "CrossAttn" in kind:
+            for j in range(lpb):
+                blocks[f"input_blocks.{1 + i * (lpb + 1) + j}.1"] = depth[i]
+    blocks["middle_block.1"] = depth[-1]
+    for i, kind in enumerate(unet["up_block_types"]):
+        if "CrossAttn" in kind:
+            for j in range(lpb + 1):
+                blocks[f"output_blocks.{i * (lpb + 1) + j}.1"] = depth[::-1][i]
+    return blocks
+
+
+def comfyui_sdxl_lora_names(unet: dict, te_layers: int) -> set[str]:
+    """The names ComfyUI's LoRA loader maps for an SDXL model (comfy/lora.py):
+
+    - UNet: every weight 'diffusion_model.<path>.weight' of the SGM UNet is matched by 'lora_unet_<path>',
+      dots turned into underscores.
+    - CLIP: for layer b of clip_l and module c of (mlp.fc1, mlp.fc2, self_attn.{k,q,v,out}_proj):
+      'lora_te1_text_model_encoder_layers_<b>_<c with _>', and the same with 'lora_te2_' for clip_g.
+    Any other key is skipped with 'lora key not loaded'.
+    """
+    names = set()
+    for block, depth in sgm_attention_blocks(unet).items():
+        for t in range(depth):
+            for attn in ("attn1", "attn2"):
+                for linear in ("to_q", "to_k", "to_v", "to_out.0"):
+                    names.add("lora_unet_" + f"{block}.transformer_blocks.{t}.{attn}.{linear}".replace(".", "_"))
+    for prefix in ("lora_te1_", "lora_te2_"):
+        for b in range(te_layers):
+            for module in CLIP_MODULES:
+                names.add(f"{prefix}text_model_encoder_layers_{b}_{module.replace('.', '_')}")
+    return names
+
+
+def kohya_sdxl_lora_names(unet: dict, te_layers: int) -> set[str]:
+    """The modules kohya's networks/lora.py adapts in SDXL, named as it names them: prefix 'lora_unet',
+    'lora_te1' or 'lora_te2', then the module's path in the SGM UNet or in transformers' CLIPTextModel
+    ('text_model.encoder.layers.<b>.<module>'), every '.' turned into '_'. Its UNet targets are the
+    Linear layers inside each SpatialTransformer; its text-encoder targets CLIPAttention's and CLIPMLP's."""
+    names = set()
+    for block, depth in sgm_attention_blocks(unet).items():
+        names |= {f"lora_unet_{block}.proj_in".replace(".", "_"), f"lora_unet_{block}.proj_out".replace(".", "_")}
+        for t in range(depth):
+            inner = [f"{a}.{linear}" for a in ("attn1", "attn2") for linear in ("to_q", "to_k", "to_v", "to_out.0")]
+            for linear in (*inner, "ff.net.0.proj", "ff.net.2"):
+                names.add("lora_unet_" + f"{block}.transformer_blocks.{t}.{linear}".replace(".", "_"))
+    for prefix in ("lora_te1", "lora_te2"):
+        for b in range(te_layers):
+            for module in CLIP_MODULES:
+                names.add(f"{prefix}.text_model.encoder.layers.{b}.{module}".replace(".", "_"))
+    return names
+
+
+@pytest.fixture(scope="module")
+def kohya_file(text_encoder_run, tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("export") / "me.safetensors"
+    assert main(["export", str(text_encoder_run), "--out", str(dest)]) == 0
+    return dest
+
+
+def test_kohya_export_keys_are_the_ones_comfyui_and_kohya_load(kohya_file, tiny_model):
+    unet = json.loads((tiny_model / "unet" / "config.json").read_text())
+    te_layers = json.loads((tiny_model / "text_encoder" / "config.json").read_text())["num_hidden_layers"]
+    keys = load_file(str(kohya_file)).keys()
+    modules = {key.rsplit(".", 1)[0].removesuffix(".lora_up").removesuffix(".lora_down") for key in keys}
+    comfy, kohya = comfyui_sdxl_lora_names(unet, te_layers), kohya_sdxl_lora_names(unet, te_layers)
+    assert not modules - comfy, sorted(modules - comfy)[:5]
+    assert not modules - kohya, sorted(modules - kohya)[:5]
+    # Every module is whole (down, up, alpha), and both text encoders' attention is there, layer by layer.
+    assert set(keys) == {f"{m}.{part}" for m in modules for part in ("lora_down.weight", "lora_up.weight", "alpha")}
+    for prefix in ("lora_te1_", "lora_te2_"):
+        expected = {f"{prefix}text_model_encoder_layers_{b}_self_attn_{p}_proj"
+                    for b in range(te_layers) for p in ("q", "k", "v", "out")}
+        assert {m for m in modules if m.startswith(prefix)} == expected
+    unet_attention = {n for n in comfy if n.startswith("lora_unet_")}
+    assert {m for m in modules if m.startswith("lora_unet_")} == unet_attention
+
+
+def test_run_lora_uses_diffusers_standard_text_encoder_names(text_encoder_run):
+    keys = load_file(str(text_encoder_run / "lora.safetensors")).keys()
+    te_keys = [k for k in keys if k.startswith("text_encoder")]
+    assert te_keys and all(k.startswith(("text_encoder.text_model.encoder.layers.",
+                                         "text_encoder_2.text_model.encoder.layers.")) for k in te_keys)
+    assert any(k.startswith("text_encoder.") for k in te_keys) and any(k.startswith("text_encoder_2.") for k in te_keys)
+
+
+def test_the_scale_is_in_the_weights_not_only_in_the_metadata(text_encoder_run):
+    # The checkpoint keeps peft's own weights beside the LoRA file: up·down in the file must be
+    # (alpha / rank)·B·A of the training weights.
+    checkpoint = text_encoder_run / "checkpoints" / "step-000001"
+    raw = load_file(str(checkpoint / "lora-training-state.safetensors"))
+    exported = load_file(str(checkpoint / "lora.safetensors"))
+    module = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    trained = raw[f"unet.{module}.lora_B.weight"] @ raw[f"unet.{module}.lora_A.weight"]
+    written = exported[f"unet.{module}.lora.up.weight"] @ exported[f"unet.{module}.lora.down.weight"]
+    scale = TEXT_ENCODER_RUN["alpha"] / TEXT_ENCODER_RUN["rank"]
+    assert scale != 1 and trained.abs().max() > 0
+    torch.testing.assert_close(written, scale * trained)
+
+
+def draw(base: Path, lora: Path | None) -> np.ndarray:
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(base)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
+    image = pipe("a photo of sks person", num_inference_steps=2, width=64, height=64,
+                 generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    return np.asarray(image)
+
+
+def test_a_loader_that_ignores_metadata_draws_the_same_picture(text_encoder_run, tiny_model, tmp_path):
+    lora = text_encoder_run / "lora.safetensors"
+    stripped = tmp_path / "stripped.safetensors"
+    save_file(load_file(str(lora)), str(stripped))  # no metadata at all
+    with safe_open(str(stripped), "pt") as handle:
+        assert not handle.metadata()
+    with_metadata = draw(tiny_model, lora)
+    assert np.array_equal(draw(tiny_model, stripped), with_metadata)
+    assert not np.array_equal(draw(tiny_model, None), with_metadata), "the LoRA should change the picture"
+
+
+def test_same_seed_runs_in_two_processes_are_byte_identical(text_encoder_run, dataset, home, tmp_path, kohya_file):
+    again = tmp_path / text_encoder_run.name  # the export carries the run's name
+    script = ("import sys; from pathlib import Path; from engine.settings import Settings; "
+              "from engine.train_sdxl import train; from tests.conftest import tiny_train_config, TEXT_ENCODER_RUN; "
+              "train(tiny_train_config(Path(sys.argv[1]), Path(sys.argv[2]), **TEXT_ENCODER_RUN), Settings())")
+    env = {**os.environ, "LIKENESS_HOME": str(home), "PYTHONHASHSEED": "random"}
+    subprocess.run([sys.executable, "-c", script, str(dataset), str(again)], check=True, env=env, timeout=600,
+                   cwd=Path(__file__).parent.parent)
+    assert (again / "lora.safetensors").read_bytes() == (text_encoder_run / "lora.safetensors").read_bytes()
+    assert main(["export", str(again), "--out", str(tmp_path / "me.safetensors")]) == 0
+    assert (tmp_path / "me.safetensors").read_bytes() == kohya_file.read_bytes()
+
+
+def test_images_name_the_lora_and_base_with_their_hashes(text_encoder_run, settings, tmp_path):
+    from PIL import Image
+
+    from engine.base_models import resolve_base
+    from engine.events import Log
+    from engine.generate import GenerateConfig, generate
+
+    events = []
+    long_words = " ".join(["word"] * 100)
+    result = generate(GenerateConfig(lora=text_encoder_run, prompt="a photo of {token} {class_word} {extra}",
+                                     sweeps={"extra": ["smiling", long_words]}, steps=1, out=tmp_path / "gen"),
+                      settings, on_event=events.append)
+    lora = text_encoder_run / "lora.safetensors"
+    data = lora.read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    autov3 = hashlib.sha256(data[header_end:]).hexdigest()
+    short, long = result.images
+    sidecar = short.sidecar
+    assert sidecar["lora_name"] == text_encoder_run.name
+    assert sidecar["lora_sha256"] == hashlib.sha256(data).hexdigest() and sidecar["lora_autov3"] == autov3
+    with Image.open(short.path) as image:
+        parameters = image.text["parameters"]
+    assert f"<lora:{text_encoder_run.name}:1>" in parameters
+    assert f'Lora hashes: "{text_encoder_run.name}: {autov3[:12]}"' in parameters
+    model = parameters.split("Model: ", 1)[1].split(",", 1)[0]
+    assert resolve_base(model, settings).location == sidecar["base"]  # a Model: that --base accepts
+    unet_weights = Path(sidecar["base"]) / "unet" / "diffusion_pytorch_model.safetensors"
+    assert f"Model hash: {hashlib.sha256(unet_weights.read_bytes()).hexdigest()[:10]}," in parameters
+    # Prompts past the text encoders' 77 tokens are encoded as plain diffusers does, and said so.
+    warnings = [e.message for e in events if isinstance(e, Log) and "tokens" in e.message]
+    assert len(warnings) == 1 and "ignored" in warnings[0]
+    assert long.sidecar["prompt_truncated"] and not sidecar["prompt_truncated"]
