@@ -13,7 +13,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from engine.placement import SDXL_TEXT_ENCODER_LORA_PER_RANK, SDXL_UNET_LORA_PER_RANK, model_family
+from engine.memory_estimate import SDXL_TEXT_ENCODER_LORA_PER_RANK, SDXL_UNET_LORA_PER_RANK
+from engine.placement import model_family
 from engine.run_dir import RunDir
 from engine.train_config import TrainConfig
 
