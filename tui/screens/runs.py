@@ -12,7 +12,7 @@ from tui.screens.base import EngineScreen
 from tui.widgets.picture import Picture
 
 COLUMNS = ("run", "training images", "steps", "GPU", "LoRA rank", "training time", "cost", "peak memory",
-           "final loss", "face distance", "best likeness", "at step", "memorisation there")
+           "final loss", "face distance", "best likeness", "at step", "memorisation")
 
 
 def run_row(run: dict) -> tuple[str, ...]:
