@@ -25,10 +25,12 @@ def draw_curves(rows: list[dict[str, Any]], recommendation: Recommendation, path
     from matplotlib.figure import Figure
 
     samples = sample_rows(rows)
-    figure = Figure(figsize=(10, 8), dpi=100, layout="constrained")
+    figure = Figure(figsize=(10, 8), dpi=100)
     loss_ax, like_ax, mem_ax = figure.subplots(3, 1, sharex=True)
+    # Fixed margins (room for a three-line title): a layout engine would draw the figure twice.
+    figure.subplots_adjust(left=0.1, right=0.98, top=0.88, bottom=0.07, hspace=0.1)
 
-    losses = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+    losses = sorted((r["step"], r["loss"]) for r in rows if r.get("loss") is not None)
     if losses:
         steps, values = zip(*losses, strict=True)
         loss_ax.plot(steps, values, color="0.6", linewidth=0.8, label="loss per step")

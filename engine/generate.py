@@ -91,7 +91,6 @@ class _LoraSource:
             raise LikenessError(f"{self.run_dir} has no checkpoint at step {step} (it has: {steps or 'none'})")
         return path.resolve()
 
-
     def default_step(self) -> tuple[int | None, str | None]:
         """The run's recommended step where its checkpoint is there (else None: the final LoRA), and
         the line that says which was taken."""
@@ -151,10 +150,10 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
              "class_word": config.class_word or run_config.get("class_word", "person")}
     axes = dict(config.sweeps)
     check_template(config.prompt, axes, fixed)
-    default_step, said = (config.step, None) if config.step is not None or "step" in axes else source.default_step()
+    chosen_step, said = (config.step, None) if config.step is not None or "step" in axes else source.default_step()
     if said:
         on_event(Log(said))
-    steps_axis = axes.get("step", [default_step])
+    steps_axis = axes.get("step", [chosen_step])
     if config.lora is None and ("lora_scale" in axes or "step" in axes or config.step is not None):
         raise LikenessError("lora_scale and step need --lora")
     lora_files = {step: source.file_for(config.lora, step) for step in steps_axis} if config.lora else {}
@@ -192,7 +191,7 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
         values = {**fixed, **{k: v for k, v in combo.items() if k not in PARAMETER_AXES}}
         params = {name: combo.get(name, getattr(config, name))
                   for name in ("lora_scale", "temperature", "guidance", "seed", "steps")}
-        params["step"] = combo.get("step", default_step)
+        params["step"] = combo.get("step", chosen_step)
         prompt = config.prompt.format(**{k: values[k] for k in placeholders(config.prompt)})
         lora_path = lora_files.get(params["step"]) if lora_files else None
         if lora_path is not None and params["lora_scale"] > 0:

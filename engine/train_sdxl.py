@@ -36,7 +36,7 @@ from engine.train_config import TrainConfig
 from engine.versions import library_versions
 
 StepHook = Callable[[int], None]
-CURVES_REDRAW_S = 30.0
+CURVES_REDRAW_S = 60.0
 
 
 @dataclass(frozen=True)

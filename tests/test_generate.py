@@ -137,9 +137,10 @@ def test_images_are_scored_against_the_persons_face(trained_run, sweep):
     assert all("identity_score" in item.sidecar for item in sweep.images)
 
 
-def test_generate_defaults_to_the_recommended_checkpoint_and_says_so(trained_run, settings, tmp_path):
+def test_generate_defaults_to_the_recommended_checkpoint_and_says_so(trained_run, settings, tmp_path, capsys):
     import shutil
 
+    from engine.cli import main
     from engine.events import Log
     from engine.run_dir import RunDir
 
@@ -150,13 +151,12 @@ def test_generate_defaults_to_the_recommended_checkpoint_and_says_so(trained_run
     record["recommendation"] = {"step": 3, "reason": "step 3 looks most like the person", "likeness": 0.4,
                                 "memorisation": 0.2}
     RunDir(run).write_run(record)
+    assert main(["generate", "--lora", str(run), "--steps", "2", "--out", str(tmp_path / "gen")]) == 0
+    assert "using step 3, the run's recommended checkpoint (step 3 looks most like" in capsys.readouterr().err
+    sidecar = json.loads((tmp_path / "gen" / "images" / "0000.json").read_text())
+    assert sidecar["checkpoint_step"] == 3
+    assert sidecar["lora"] == str((run / "checkpoints" / "step-000003" / "lora.safetensors").resolve())
     events = []
-    result = generate(GenerateConfig(lora=run, steps=2, out=tmp_path / "gen"), settings, on_event=events.append)
-    (image,) = result.images
-    assert image.sidecar["checkpoint_step"] == 3
-    assert image.sidecar["lora"] == str((run / "checkpoints" / "step-000003" / "lora.safetensors").resolve())
-    said = [e.message for e in events if isinstance(e, Log)]
-    assert any("using step 3, the run's recommended checkpoint" in m for m in said)
 
     # --step still wins, and a recommendation whose checkpoint is gone falls back to the final LoRA.
     chosen = generate(GenerateConfig(lora=run, step=6, steps=2, out=tmp_path / "gen6"), settings)
