@@ -23,8 +23,20 @@ from engine.lora_files import (
 from engine.run_dir import RunDir
 
 
+def checkpoints_to_delete(steps: list[int], keep: int, sample_every: int) -> list[int]:
+    """The checkpoints_keep rule: the newest ``keep`` stay for resuming, and every sample step's
+    stays too, so the recommended step (and any other a grid showed) can be generated from.
+
+    A checkpoint is LoRA-sized (the LoRA, its optimizer state and a few RNG states), so keeping
+    one per sample grid costs little next to the base model.
+    """
+    older = sorted(steps)[:-keep] if keep > 0 else sorted(steps)
+    return [s for s in older if not (sample_every and s % sample_every == 0)]
+
+
 def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_scheduler, config_json: dict, *,
-                    rank: int, alpha: float, keep: int, memory_plan: dict | None = None) -> Path:
+                    rank: int, alpha: float, keep: int, memory_plan: dict | None = None,
+                    sample_every: int = 0) -> Path:
     import numpy as np
     import torch
 
@@ -45,7 +57,7 @@ def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_schedule
     (staging / "state.json").write_text(json.dumps(state, indent=2, default=str))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
-    for old in run.checkpoint_steps()[:-keep]:
+    for old in checkpoints_to_delete(run.checkpoint_steps(), keep, sample_every):
         shutil.rmtree(run.checkpoint_path(old), ignore_errors=True)
     return target
 

@@ -37,7 +37,9 @@ class GenerateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     lora: Path | None = Field(default=None, description="A run directory, or any LoRA .safetensors file; none = base only.")
-    step: int | None = Field(default=None, ge=0, le=MAX_STEPS, strict=True, description="Use the run's checkpoint at this step instead of its final LoRA.")
+    step: int | None = Field(default=None, ge=0, le=MAX_STEPS, strict=True,
+                             description="Use the run's checkpoint at this step; default: the run's "
+                             "recommended step (run.json), else its final LoRA.")
     base: str | None = Field(default=None, description="Base model; default: the run's base, else SDXL base 1.0.")
     prompt: str = Field(default=DEFAULT_PROMPT, description="Prompt template; {placeholders} are filled from sweeps.")
     negative_prompt: str = Field(default="", description="Negative prompt.")
@@ -122,6 +124,19 @@ class _LoraSource:
             raise LikenessError(f"{self.run_dir} has no checkpoint at step {step} (it has: {steps or 'none'})")
         return path.resolve()
 
+    def default_step(self) -> tuple[int | None, str | None]:
+        """The run's recommended step where its checkpoint is there (else None: the final LoRA), and
+        the line that says which was taken."""
+        recommendation = (self.run or {}).get("recommendation") or {}
+        step = recommendation.get("step")
+        if self.run_dir is None or step is None:
+            return None, None
+        final = self.run.get("status") == "done" and self.run.get("steps_done") == step
+        if not final and not (RunDir(self.run_dir).checkpoint_path(step) / LORA_FILENAME).is_file():
+            return None, f"the recommended step {step} has no checkpoint left; using the final LoRA"
+        return step, (f"using step {step}, the run's recommended checkpoint ({recommendation.get('reason')}); "
+                      f"--step N picks another")
+
 
 def _lora_source(lora: Path | None) -> _LoraSource:
     if lora is None:
@@ -187,7 +202,10 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
              "class_word": config.class_word or run_config.get("class_word", "person")}
     axes = dict(config.sweeps)
     check_template(config.prompt, axes, fixed)
-    steps_axis = axes.get("step", [config.step])
+    chosen_step, said = (config.step, None) if config.step is not None or "step" in axes else source.default_step()
+    if said:
+        on_event(Log(said))
+    steps_axis = axes.get("step", [chosen_step])
     if config.lora is None and ("lora_scale" in axes or "step" in axes or config.step is not None):
         raise LikenessError("lora_scale and step need --lora")
     lora_files = {step: source.file_for(config.lora, step) for step in steps_axis} if config.lora else {}
@@ -248,7 +266,8 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
     for index, combo in enumerate(combos):
         values = {**fixed, **{k: v for k, v in combo.items() if k not in PARAMETER_AXES}}
         params = {name: combo.get(name, getattr(config, name))
-                  for name in ("lora_scale", "temperature", "guidance", "seed", "steps", "step")}
+                  for name in ("lora_scale", "temperature", "guidance", "seed", "steps")}
+        params["step"] = combo.get("step", chosen_step)
         prompt = config.prompt.format(**{k: values[k] for k in placeholders(config.prompt)})
         lora_path = lora_files.get(params["step"]) if lora_files else None
         if lora is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from engine.events import Event, Log, Progress, SampleReady, Started
+from engine.events import Event, Log, OverfittingWarning, Progress, SampleReady, Started
 
 
 class TerminalProgress:
@@ -29,7 +29,11 @@ class TerminalProgress:
             self.bar.set_postfix_str(f"{loss}{event.seconds_per_step:.2f} s/{self.unit}", refresh=False)
             self.bar.update(event.step - self.bar.n)
         elif isinstance(event, SampleReady):
-            self._print(f"sample grid for step {event.step}: {event.path}")
+            measured = "".join(f", {name} {value:.2f}" for name, value in (
+                ("likeness", event.likeness), ("memorisation", event.memorisation)) if value is not None)
+            self._print(f"sample grid for step {event.step}: {event.path}{measured}")
+        elif isinstance(event, OverfittingWarning):
+            self._print(f"warning: {event.message}")
         elif isinstance(event, Log):
             self._print(event.message)
 

@@ -101,7 +101,11 @@ class TrainConfig(BaseModel):
         description="Prompts: the grid's rows; {token} and {class_word} are filled in.",
     )
     checkpoint_every: int = Field(default=250, ge=0, le=MAX_STEPS, strict=True, description="Save a resumable checkpoint every N steps (0 = never).")
-    checkpoints_keep: int = Field(default=2, gt=0, le=1000, strict=True, description="How many of the newest checkpoints to keep.")
+    checkpoints_keep: int = Field(
+        default=2, gt=0, le=1000, strict=True,
+        description="How many of the newest checkpoints to keep for resuming; every sample step's checkpoint is "
+        "kept as well, so the recommended step can be generated from (engine.checkpoints.checkpoints_to_delete).",
+    )
     resume: bool = Field(default=False, description="Continue from the newest checkpoint in the run directory.")
     force: bool = Field(default=False, description="Overwrite a run directory that already holds a finished run.")
     device: str = Field(default="auto", description="torch device: auto = cuda when available, else cpu.")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from engine.base_models import BaseModelSource, load_sdxl_pipeline
 from engine.checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
+from engine.curves import CURVES_FILE, draw_curves
 from engine.device import (
     PhasePeaks,
     Placement,
@@ -32,21 +33,24 @@ from engine.device import (
     peak_memory_mb,
 )
 from engine.errors import LikenessError
-from engine.events import EventSink, Log, Progress, SampleReady, Started, ignore_events
+from engine.events import EventSink, Log, OverfittingWarning, Progress, SampleReady, Started, ignore_events
 from engine.grid import save_png_atomically
-from engine.identity_scores import identity_for_dataset, mean_score, score_images, score_label
+from engine.identity_scores import identity_for_dataset, mean_score, score_label
 from engine.images import TrainingImage, load_training_images
 from engine.lora_files import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES, save_lora
 from engine.memory_estimate import MemoryPlan, choose_plan, estimate_phases
 from engine.outputs import first_missing
 from engine.placement import out_of_memory_error, stop_status
+from engine.recommend import THRESHOLDS, best_likeness, overfitting, recommend
 from engine.run_dir import RunDir, write_json_atomically
 from engine.sample_grid import PromptEmbeds, decode_latents, render_images, sample_grid
+from engine.sample_measures import GridMeasures, TrainingPhotos, measure_grid
 from engine.settings import Settings
 from engine.train_config import TrainConfig
 from engine.versions import library_versions
 
 StepHook = Callable[[int], None]
+CURVES_REDRAW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,8 @@ class SDXLLoRATrainer:
         run.samples.mkdir(parents=True, exist_ok=True)
         self.identity = identity_for_dataset(self.dataset)
         self.last_sample_score = None
+        self.images, self.training_photos = images, None  # memorisation's references: at the first grid
+        self.curves_drawn_at = -float("inf")
         record = self._run_record(len(images), status="running")
         run.write_run(record)
         self.phases = PhasePeaks(placement)
@@ -359,21 +365,31 @@ class SDXLLoRATrainer:
                 lr = lr_scheduler.get_last_lr()[0]
                 row = {"step": step, "loss": loss_value, "lr": lr, "seconds_per_step": seconds,
                        "peak_memory_mb": round(peak_memory_mb(placement), 1)}
-                if config.sample_every and (step % config.sample_every == 0 or step == config.steps):
-                    row["sample_identity_score"] = self._save_samples(step, sample_embeds)
+                sampled = config.sample_every and (step % config.sample_every == 0 or step == config.steps)
+                if sampled:
+                    measures = self._save_samples(step, sample_embeds)
                     self.phases.enter("loop")
+                    row.update(sample_identity_score=self.last_sample_score, **measures.metrics())
                 run.append_metrics(row)
+                if sampled:
+                    self._judge(record, final=False)
+                    run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
                 self.on_event(Progress(step, config.steps, loss_value, lr, recent, recent * (config.steps - step)))
-                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                # Sample steps get a checkpoint too: the recommended step must be there to generate from.
+                if step < config.steps and (sampled or (config.checkpoint_every and step % config.checkpoint_every == 0)):
                     save_checkpoint(run, step, self._lora_models(), optimizer, lr_scheduler,
                                     config.model_dump(mode="json"), rank=config.rank, alpha=config.lora_alpha,
-                                    keep=config.checkpoints_keep, memory_plan=self.plan.to_json())
+                                    keep=config.checkpoints_keep, memory_plan=self.plan.to_json(),
+                                    sample_every=config.sample_every)
                     run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
                 if self.step_hook is not None:
                     self.step_hook(step)
         except BaseException as stop:
             status = stop_status(stop)
             self.phases.close()
+            # The curves of a stopped run still say which step to use; drawing them must never hide why it stopped.
+            with contextlib.suppress(Exception):
+                self._judge(record, final=True)
             run.write_run({**record, "status": status, "wall_time_s": self._wall(record, started),
                            "phase_peak_memory_mb": self.phases.peaks_mb or None})
             if status == "out_of_memory":
@@ -383,6 +399,7 @@ class SDXLLoRATrainer:
             raise
 
         lora_path = save_lora(run.root, **self._lora_models_kw(), rank=config.rank, alpha=config.lora_alpha)
+        self._judge(record, final=True)
         wall = time.perf_counter() - started
         peak = self.phases.whole_run_mb()
         run.write_run({**record, "status": "done", "finished_at": _now(), "steps_done": config.steps,
@@ -462,8 +479,25 @@ class SDXLLoRATrainer:
             text_encoder_2=None if frozen_text else self.text_encoders[1],
         )
 
-    def _save_samples(self, step: int, embeds: list[PromptEmbeds] | None) -> float | None:
-        """Draw, score and save the grid for ``step``; return its mean identity score."""
+    def _judge(self, record: dict, final: bool) -> None:
+        """Recommend a step from the metrics so far into ``record``; draw curves.png; warn of overfitting.
+
+        Mid-run, curves.png is redrawn at most every CURVES_REDRAW_S (a drawing costs about a second,
+        and the TUI draws the live curves); the run's end always draws it.
+        """
+        rows = self.run_dir.read_metrics()
+        recommendation = recommend(rows)
+        record.update(recommendation=recommendation.to_json(), recommended_step=recommendation.step,
+                      best_likeness=best_likeness(rows))
+        if final or time.monotonic() - self.curves_drawn_at >= CURVES_REDRAW_S:
+            draw_curves(rows, recommendation, self.run_dir.root / CURVES_FILE)
+            self.curves_drawn_at = time.monotonic()
+        sign = None if final else overfitting(rows)
+        if sign is not None:
+            self.on_event(OverfittingWarning(sign.step, sign.cause, sign.message))
+
+    def _save_samples(self, step: int, embeds: list[PromptEmbeds] | None) -> GridMeasures:
+        """Draw, measure and save the grid for ``step``; return its likeness, memorisation and variety."""
         import torch
 
         prompts = self.config.sample_prompts()
@@ -482,16 +516,25 @@ class SDXLLoRATrainer:
             if self.placement.is_cuda:
                 torch.cuda.empty_cache()
         self.unet.train()
-        scores = [score_images(self.identity, row) for row in rows]
-        labels = [[score_label(s) for s in row] for row in scores] if self.identity is not None else None
+        if self.training_photos is None:
+            self.training_photos = TrainingPhotos.from_training_images(self.images, self.identity)
+        measures = measure_grid(self.identity, self.training_photos, rows)
+        scores = [[p.face_distance for p in row] for row in measures.pictures]
+        # A picture that reproduces a training photo is labelled a copy, not counted a success.
+        labels = ([[score_label(p.face_distance) + (" copy" if p.memorisation >= THRESHOLDS.memorisation_limit else "")
+                    for p in row] for row in measures.pictures] if self.identity is not None else None)
         path = self.run_dir.sample_path(step)
         save_png_atomically(sample_grid(rows, prompts, self.config.sample_seeds, step, labels), path)
         self.last_sample_score = mean_score([s for row in scores for s in row])
         write_json_atomically(path.with_suffix(".json"), {
             "step": step, "prompts": prompts, "seeds": list(self.config.sample_seeds),
-            "identity_scores": scores, "identity_score_mean": self.last_sample_score})
-        self.on_event(SampleReady(step, path, self.last_sample_score))
-        return self.last_sample_score
+            "identity_scores": scores, "identity_score_mean": self.last_sample_score, **measures.metrics(),
+            "picture_measures": [[p.to_json() for p in row] for row in measures.pictures]})
+        metrics = measures.metrics()
+        recommended = recommend(self.run_dir.read_metrics() + [{"step": step, **metrics}]).step
+        self.on_event(SampleReady(step, path, self.last_sample_score, metrics["likeness"], metrics["memorisation"],
+                                  metrics["variety"], recommended))
+        return measures
 
     def _run_record(self, n_images: int, status: str) -> dict:
         previous = self.run_dir.read_run() or {}

@@ -173,3 +173,34 @@ def test_images_are_scored_against_the_persons_face(trained_run, sweep):
     assert mean_score([face_score, noise_score]) == pytest.approx(face_score, abs=1e-4)
     # Every generated image carries its score (the tiny model draws noise, so: no face).
     assert all("identity_score" in item.sidecar for item in sweep.images)
+
+
+def test_generate_defaults_to_the_recommended_checkpoint_and_says_so(trained_run, settings, tmp_path, capsys):
+    import shutil
+
+    from engine.cli import main
+    from engine.events import Log
+    from engine.run_dir import RunDir
+
+    # A run whose grids showed faces: its run.json recommends step 3, whose checkpoint the run kept.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("generations"))
+    record = RunDir(run).read_run()
+    record["recommendation"] = {"step": 3, "reason": "step 3 looks most like the person", "likeness": 0.4,
+                                "memorisation": 0.2}
+    RunDir(run).write_run(record)
+    assert main(["generate", "--lora", str(run), "--steps", "2", "--out", str(tmp_path / "gen")]) == 0
+    assert "using step 3, the run's recommended checkpoint (step 3 looks most like" in capsys.readouterr().err
+    sidecar = json.loads((tmp_path / "gen" / "images" / "0000.json").read_text())
+    assert sidecar["checkpoint_step"] == 3
+    assert sidecar["lora"] == str((run / "checkpoints" / "step-000003" / "lora.safetensors").resolve())
+    events = []
+
+    # --step still wins, and a recommendation whose checkpoint is gone falls back to the final LoRA.
+    chosen = generate(GenerateConfig(lora=run, step=6, steps=2, out=tmp_path / "gen6"), settings)
+    assert chosen.images[0].sidecar["lora"] == str((run / "lora.safetensors").resolve())
+    shutil.rmtree(run / "checkpoints" / "step-000003")
+    events.clear()
+    final = generate(GenerateConfig(lora=run, steps=2, out=tmp_path / "gen-final"), settings, on_event=events.append)
+    assert final.images[0].sidecar["lora"] == str((run / "lora.safetensors").resolve())
+    assert any("no checkpoint left" in e.message for e in events if isinstance(e, Log))

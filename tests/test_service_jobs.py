@@ -54,6 +54,9 @@ def test_cli_train_on_the_service_streams_progress_and_sample_grids(service, cap
                for p in progress)
     samples = [e["data"] for e in events if e["type"] == "sample_ready"]
     assert [s["step"] for s in samples] == [0, 3, 6]
+    # Each grid's measures ride along; the tiny model draws no face, so there is no likeness to follow.
+    assert all(s["likeness"] is None and 0 <= s["memorisation"] <= 1 and s["recommended_step"] is None
+               for s in samples)
     grid = service.get(samples[1]["url"])
     assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"
     assert grid.content.startswith(b"\x89PNG")
@@ -64,6 +67,7 @@ def test_cli_train_on_the_service_streams_progress_and_sample_grids(service, cap
 
     runs = {r["name"]: r for r in service.get("/runs").json()}
     assert runs["cli"]["status"] == "done" and runs["cli"]["steps_done"] == 6 and runs["cli"]["lora_rank"] == 4
+    assert runs["cli"]["recommended_step"] is None and "no faces found" in runs["cli"]["recommendation"]
     lora = service.get(runs["cli"]["lora_url"])
     assert lora.status_code == 200 and "attachment" in lora.headers["content-disposition"]
     assert lora.content == (service.home / "runs" / "cli" / "lora.safetensors").read_bytes()

@@ -23,9 +23,14 @@ def test_a_run_leaves_lora_samples_metrics_and_a_full_record(trained_run, photos
     assert run.lora.is_file()
     assert sorted(p.name for p in run.samples.glob("*.png")) == [
         "step-000000.png", "step-000003.png", "step-000006.png"]
+    training_photos = {p.name for p in (trained_run / "dataset" / "images").glob("*.png")}
     for grid in run.samples.glob("*.png"):
         scores = json.loads(grid.with_suffix(".json").read_text())
         assert len(scores["identity_scores"]) == 1 and len(scores["identity_scores"][0]) == 1
+        # The tiny model draws noise: no face, and nothing like any training photo.
+        assert scores["likeness"] is None and scores["faces_found"] == 0 and scores["memorisation"] < 0.2
+        (picture,), = scores["picture_measures"]
+        assert picture["nearest_photo"] in training_photos and picture["photo_hash_bits"] > 4
     rows = run.read_metrics()
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(set(r) >= {"loss", "lr", "seconds_per_step", "peak_memory_mb"} for r in rows)
@@ -41,6 +46,18 @@ def test_a_run_leaves_lora_samples_metrics_and_a_full_record(trained_run, photos
     assert record["device"] == "cpu" and record["peak_memory_mb"] > 0 and record["wall_time_s"] > 0
     assert record["versions"]["torch"] and record["versions"]["diffusers"]
     assert record["final_loss"] == rows[-1]["loss"]
+    # Which step to use, and why: with no face in any grid, none, said in a sentence; the curves anyway.
+    sampled = [r for r in rows if "memorisation" in r]
+    assert [r["step"] for r in sampled] == [3, 6]
+    assert all(r["likeness"] is None and r["faces_found"] == 0 and r["variety"] is None for r in sampled)
+    assert record["recommendation"]["step"] is None and record["recommended_step"] is None
+    assert "no faces found" in record["recommendation"]["reason"]
+    assert record["best_likeness"] is None
+    from PIL import Image
+
+    with Image.open(trained_run / "curves.png") as curves:
+        assert curves.size == (1000, 800)
+    assert run.checkpoint_steps() == [3]
 
 
 def test_lora_file_is_diffusers_format_with_rank_and_alpha(trained_run):
@@ -151,10 +168,16 @@ def test_text_encoder_lora_and_prior_preservation_train_and_save(tmp_path, datas
     assert len(list(settings.class_images_dir.glob("*/*.png"))) >= 2
 
 
-def test_checkpoints_keep_only_the_newest(tmp_path, dataset, settings, tiny_model):
+def test_checkpoints_keep_the_newest_and_every_sample_step(tmp_path, dataset, settings, tiny_model):
     out = tmp_path / "run"
     train(tiny_train_config(dataset, out, steps=7, checkpoint_every=2, checkpoints_keep=2, sample_every=0), settings)
     assert RunDir(out).checkpoint_steps() == [4, 6]
+    # Sampled every 3 steps: step 3's checkpoint is made and kept (the recommendation may name it);
+    # step 2 is neither new nor sampled.
+    sampled = tmp_path / "sampled"
+    train(tiny_train_config(dataset, sampled, steps=7, checkpoint_every=2, checkpoints_keep=2, sample_every=3),
+          settings)
+    assert RunDir(sampled).checkpoint_steps() == [3, 4, 6]
 
 
 def test_sample_grids_decode_as_the_pipeline_would(tiny_model):

@@ -14,6 +14,9 @@ from engine.service.client import ServiceClient
 from tests.service_helpers import Service, make_home
 from tui.app import LikenessApp
 from tui.engine_link import EngineLink
+from tui.messages import JobEvent
+from tui.screens.runs import COLUMNS
+from tui.widgets.curves import LikenessCurves
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +88,17 @@ def test_photos_to_train_to_live_run_to_generate_to_runs(service, photos):
             await until(pilot, lambda: "done" in text(app, "#stats"), timeout=300, what="the resumed run")
             assert live.job_id == first_job  # a resume continues the same job (its next attempt)
             assert live.losses
+            # The curves: loss, and each grid's measures (the tiny model draws no face, so no likeness).
+            curves = live.query_one("#curves", LikenessCurves)
+            assert curves.losses and sorted(curves.samples)[-1] == 40
+            assert all(like is None and mem is not None for like, mem in curves.samples.values())
+            assert "no faces found" in str(curves.render())
+            assert not live.query_one("#warning", Static).display
+            # An overfitting event from the engine appears on the screen, above the curves.
+            live.post_message(JobEvent(live.job_id, "overfitting", {
+                "step": 40, "cause": "memorisation", "message": "overfitting at step 40: stop here"}))
+            await until(pilot, lambda: live.query_one("#warning", Static).display, what="the warning")
+            assert "overfitting at step 40: stop here" in text(app, "#warning")
 
             # Generate: a small sweep; its grid appears and its path is shown.
             await pilot.press("4")
@@ -105,6 +119,7 @@ def test_photos_to_train_to_live_run_to_generate_to_runs(service, photos):
             await until(pilot, lambda: runs.query_one("#runs", DataTable).row_count == 1, what="the runs table")
             row = runs.query_one("#runs", DataTable).get_row_at(0)
             assert row[0] == "tui-run" and row[2] == "40" and row[4] == "4"
+            assert row[COLUMNS.index("best likeness")] == "–"  # no face in any grid: no best likeness
             await pilot.press("space")
             await until(pilot, lambda: bool(runs.query("#grid-left Image")), what="the side-by-side grid")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from engine.base_models import resolve_base
 from engine.cloud.client import ModalClient, RemoteCall
 from engine.errors import LikenessError, TrainingCancelled
-from engine.events import EventSink, Log, Progress, SampleReady, Started, ignore_events
+from engine.events import EventSink, Log, OverfittingWarning, Progress, SampleReady, Started, ignore_events
 from engine.executors import Executor
 from engine.images import image_folder, list_image_files
 from engine.run_dir import RunDir
@@ -141,7 +141,11 @@ class ModalExecutor(Executor):
                 local.write_bytes(self.client.read_run_file(remote_run, message["path"]))
                 sidecar = message["path"].removesuffix(".png") + ".json"
                 local.with_suffix(".json").write_bytes(self.client.read_run_file(remote_run, sidecar))
-                on_event(SampleReady(message["step"], local, message["identity_score"]))
+                on_event(SampleReady(message["step"], local, message["identity_score"], message.get("likeness"),
+                                     message.get("memorisation"), message.get("variety"),
+                                     message.get("recommended_step")))
+            elif kind == "overfitting":
+                on_event(OverfittingWarning(message["step"], message["cause"], message["message"]))
             elif kind == "started":
                 on_event(Started(message["first_step"], message["total"]))
             else:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import TrainingCancelled
-from engine.events import Event, Log, Progress, SampleReady, Started
+from engine.events import Event, Log, OverfittingWarning, Progress, SampleReady, Started
 
 CONTAINER_ROOT = "/likeness"
 STOP = "stop"  # the one control message: stop at the next step boundary
@@ -62,7 +62,11 @@ def event_to_message(event: Event, run_root: Path) -> dict[str, Any]:
     if isinstance(event, SampleReady):
         # A grid can be several MB, over a queue item's size limit: the volume carries it, the queue its name.
         return {"kind": "sample", "step": event.step, "path": Path(event.path).relative_to(run_root).as_posix(),
-                "identity_score": event.identity_score}
+                "identity_score": event.identity_score, "likeness": event.likeness,
+                "memorisation": event.memorisation, "variety": event.variety,
+                "recommended_step": event.recommended_step}
+    if isinstance(event, OverfittingWarning):
+        return {"kind": "overfitting", "step": event.step, "cause": event.cause, "message": event.message}
     if isinstance(event, Started):
         return {"kind": "started", "first_step": event.first_step, "total": event.total}
     return {"kind": "log", "message": event.message}

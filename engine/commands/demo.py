@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  sample grids:  {result.train.run_dir / 'samples'}")
     print(f"  LoRA:          {result.train.lora_path}")
     print(f"  run record:    {result.train.run_dir / 'run.json'}")
+    print(f"  curves:        {result.train.run_dir / 'curves.png'}  (loss, likeness, memorisation)")
     for grid in result.generation.grids:
         print(f"  final grid:    {grid}  (lora_scale across, temperature down)")
     return 0

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
                               description="Generate with base SDXL + a LoRA; sweep any prompt placeholder or parameter.",
                               epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     flag(p, "--lora", type=Path, metavar="RUN_DIR|FILE", help="a run directory or any SDXL LoRA .safetensors")
-    flag(p, "--step", type=int, help="use the run's checkpoint at this step")
+    flag(p, "--step", type=int, help="use the run's checkpoint at this step (default: its recommended step, see run.json)")
     flag(p, "--base", metavar="MODEL", help="base model (default: the run's base)")
     flag(p, "--prompt", help="prompt template (default 'a photo of {token} {class_word}')")
     flag(p, "--negative-prompt", dest="negative_prompt", help="negative prompt")

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     flag(p, "--sample-steps", dest="sample_steps", type=int, help="denoising steps per sample image (default 25)")
     flag(p, "--checkpoint-every", dest="checkpoint_every", type=int,
          help="resumable checkpoint every N steps, 0 = never (default 250)")
-    flag(p, "--checkpoints-keep", dest="checkpoints_keep", type=int, help="newest checkpoints kept (default 2)")
+    flag(p, "--checkpoints-keep", dest="checkpoints_keep", type=int, help="newest checkpoints kept for resuming (default 2); sample steps' are always kept")
     switch(p, "--resume", help="continue from the newest checkpoint in --out")
     switch(p, "--force", help="overwrite a finished run in --out")
     switch(p, "--train-text-encoder", help="also train LoRA on both text encoders")

@@ -109,8 +109,17 @@ def load_identity(dataset_dir: Path | str) -> Identity:
 def score_image(identity: Identity, image: Image.Image, detector: str = "hog") -> float | None:
     """How far the image's best-matching face is from the identity: 0 is the same face, below
     about 0.6 the same person; None when the image shows no face."""
+    best = best_face(identity, image, detector)
+    return None if best is None else best[0]
+
+
+def best_face(identity: Identity, image: Image.Image, detector: str = "hog") -> tuple[float, np.ndarray] | None:
+    """The image's face nearest the identity: (its distance, its 128-d encoding); None when no face."""
     copy = detection_copy(to_rgb8(image), identity.detect_size)
     boxes = find_faces(copy, detect_size=identity.detect_size, detector=detector)
     if not boxes:
         return None
-    return float(identity.distances(encode_faces(copy, boxes)).min())
+    encodings = encode_faces(copy, boxes)
+    distances = identity.distances(encodings)
+    nearest = int(distances.argmin())
+    return float(distances[nearest]), np.asarray(encodings[nearest], dtype=np.float64)

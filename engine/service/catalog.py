@@ -125,6 +125,8 @@ def run_summary(home: Path, folder: Path) -> RunSummary:
     config = record.get("config", {})
     base = record.get("base")
     samples = sorted((folder / "samples").glob("step-*.png"))
+    best = record.get("best_likeness") or {}
+    recommendation = record.get("recommendation") or {}
     return RunSummary(
         name=folder.name, status=record.get("status"),
         base=base.get("spec") if isinstance(base, dict) else base,
@@ -134,6 +136,9 @@ def run_summary(home: Path, folder: Path) -> RunSummary:
         seed=record.get("seed"), token=config.get("token"), class_word=config.get("class_word"),
         num_images=record.get("num_images"), final_loss=record.get("final_loss"),
         identity_score_last_grid=record.get("identity_score_last_grid"),
+        best_likeness=best.get("likeness"), best_likeness_step=best.get("step"),
+        memorisation_at_best=best.get("memorisation"), recommended_step=recommendation.get("step"),
+        recommendation=recommendation.get("reason"),
         wall_time_s=record.get("wall_time_s"), median_seconds_per_step=record.get("median_seconds_per_step"),
         peak_memory_mb=record.get("peak_memory_mb"), device=record.get("device"),
         gpu_name=record.get("gpu_name"), precision=record.get("precision"),
@@ -156,14 +161,15 @@ def run_detail(home: Path, name: str) -> dict[str, Any]:
     samples = []
     for grid in sorted(run.samples.glob("step-*.png")):
         scores = grid.with_suffix(".json")
-        mean = None
+        measures: dict[str, Any] = {}
         if scores.is_file():
             try:
-                mean = json.loads(scores.read_text()).get("identity_score_mean")
+                measures = json.loads(scores.read_text())
             except (OSError, json.JSONDecodeError):
-                mean = None
+                measures = {}
         samples.append({"step": int(grid.stem.removeprefix("step-")), "url": file_url(home, grid),
-                        "identity_score": mean})
+                        "identity_score": measures.get("identity_score_mean"), "likeness": measures.get("likeness"),
+                        "memorisation": measures.get("memorisation"), "variety": measures.get("variety")})
     generations = []
     for folder_ in sorted((folder / "generations").glob("*/")):
         if not _inside_home(home, folder_):

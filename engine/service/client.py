@@ -134,7 +134,7 @@ def _parse_sse(response) -> Iterator[dict[str, Any]]:
 
 def engine_event(event: dict[str, Any]):
     """A stored event as the engine's event dataclass, for TerminalProgress; None if it has none."""
-    from engine.events import Log, Progress, SampleReady, Started
+    from engine.events import Log, OverfittingWarning, Progress, SampleReady, Started
 
     data, kind = event["data"], event["type"]
     if kind == "started":
@@ -143,7 +143,10 @@ def engine_event(event: dict[str, Any]):
         return Progress(data["step"], data["total"], data.get("loss"), data.get("lr"),
                         data.get("seconds_per_step") or 0.0, data.get("eta_seconds") or 0.0)
     if kind == "sample_ready":
-        return SampleReady(data["step"], Path(data["path"]), data.get("identity_score"))
+        return SampleReady(data["step"], Path(data["path"]), data.get("identity_score"), data.get("likeness"),
+                           data.get("memorisation"), data.get("variety"), data.get("recommended_step"))
+    if kind == "overfitting":
+        return OverfittingWarning(data["step"], data["cause"], data["message"])
     if kind == "log":
         return Log(data["message"])
     if kind in ("queued", "running"):

@@ -29,7 +29,8 @@ EventType = Literal[
     "running",  # a worker process took it
     "started",  # models loaded, the loop begins: first_step, total
     "progress",  # step, total, loss, lr, seconds_per_step, eta_seconds (prep: stage too)
-    "sample_ready",  # step, path, url, identity_score
+    "sample_ready",  # step, path, url, identity_score, likeness, memorisation, variety, recommended_step
+    "overfitting",  # step, cause (memorisation or likeness), message: the one-line warning and what to do
     "log",  # message
     "done",  # result
     "failed",  # reason (one line), log
@@ -181,6 +182,11 @@ class RunSummary(BaseModel):
     num_images: int | None = None
     final_loss: float | None = None
     identity_score_last_grid: float | None = None
+    best_likeness: float | None = Field(default=None, description="Lowest median face distance of any sample grid.")
+    best_likeness_step: int | None = Field(default=None, description="The sample step with the best likeness.")
+    memorisation_at_best: float | None = Field(default=None, description="Memorisation (0..1) at that step.")
+    recommended_step: int | None = Field(default=None, description="The step generate uses by default; none: the final LoRA.")
+    recommendation: str | None = Field(default=None, description="Why that step, in one sentence.")
     wall_time_s: float | None = None
     median_seconds_per_step: float | None = None
     peak_memory_mb: float | None = None

@@ -333,7 +333,7 @@ class EventRecorder:
         self.cancel_on_progress = cancel_on_progress
 
     def __call__(self, event) -> None:
-        from engine.events import Log, Progress, SampleReady, Started
+        from engine.events import Log, OverfittingWarning, Progress, SampleReady, Started
 
         if isinstance(event, Progress):
             self.queue.add_event(self.job.id, "progress", {
@@ -344,7 +344,13 @@ class EventRecorder:
         elif isinstance(event, SampleReady):
             self.queue.add_event(self.job.id, "sample_ready", {
                 "step": event.step, "path": relative(self.home, event.path), "url": file_url(self.home, event.path),
-                "identity_score": event.identity_score})
+                "identity_score": event.identity_score, "likeness": event.likeness,
+                "memorisation": event.memorisation, "variety": event.variety,
+                "recommended_step": event.recommended_step})
+        elif isinstance(event, OverfittingWarning):
+            print(f"{_now()} {event.message}", flush=True)
+            self.queue.add_event(self.job.id, "overfitting", {"step": event.step, "cause": event.cause,
+                                                              "message": event.message})
         elif isinstance(event, Started):
             self.queue.add_event(self.job.id, "started", {"first_step": event.first_step, "total": event.total})
         elif isinstance(event, Log):

@@ -1,15 +1,17 @@
-"""Live run: progress, loss, the newest sample grid the moment it is written, the log; Cancel / Resume,
-and Continue on Modal when a run outgrew this machine's memory."""
+"""Live run: progress, the loss, likeness and memorisation curves, an overfitting warning, the newest
+sample grid the moment it is written, the log; Cancel / Resume, and Continue on Modal when a run
+outgrew this machine's memory."""
 
 from __future__ import annotations
 
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Label, Log, ProgressBar, Sparkline, Static
+from textual.widgets import Button, Label, Log, ProgressBar, Static
 
 from tui.messages import JobEvent
 from tui.screens.base import EngineScreen
+from tui.widgets.curves import LikenessCurves
 from tui.widgets.picture import Picture
 
 
@@ -43,7 +45,10 @@ class LiveRunScreen(EngineScreen):
                 modal.display = False  # only after a run ran out of memory here
                 yield modal
             yield Static("no run yet: start one on the Train screen (2)", id="stats", classes="status")
-            yield Sparkline([], id="loss")
+            warning = Static("", id="warning")
+            warning.display = False  # only once the run looks overfit
+            yield warning
+            yield LikenessCurves(id="curves")
         yield Picture("the newest sample grid appears here", id="grid")
         yield Log(id="log", max_lines=500)
         yield from self.compose_footer()
@@ -61,6 +66,8 @@ class LiveRunScreen(EngineScreen):
         self.job_id = job_id
         self.losses, self.grids, self.shown = [], [], -1
         self.query_one("#log", Log).clear()
+        self.query_one("#curves", LikenessCurves).clear()
+        self._warn("")
         self.query_one("#title", Label).update(f"Live run: job {job_id}")
         self.query_one("#resume", Button).disabled = True
         self.query_one("#cancel", Button).disabled = False
@@ -79,15 +86,21 @@ class LiveRunScreen(EngineScreen):
                 return
             if data.get("loss") is not None:
                 self.losses.append(data["loss"])
-                self.query_one("#loss", Sparkline).data = self.losses[-200:]
+                self.query_one("#curves", LikenessCurves).add_loss(data["step"], data["loss"])
             loss = f"loss {data['loss']:.4f}  " if data.get("loss") is not None else ""
             self.query_one("#stats", Static).update(
                 f"step {data['step']}/{data['total']}  {loss}{data.get('seconds_per_step', 0):.2f} s/step  "
                 f"ETA {format_eta(data.get('eta_seconds'))}")
         elif event.kind == "sample_ready":
             self.grids.append((data["step"], data["url"]))
+            curves = self.query_one("#curves", LikenessCurves)
+            curves.add_sample(data["step"], data.get("likeness"), data.get("memorisation"))
+            curves.recommend(data.get("recommended_step"))
             if self.shown == -1:
                 self._show_grid(len(self.grids) - 1)
+        elif event.kind == "overfitting":
+            self._warn(data["message"])
+            self.query_one("#log", Log).write_line(f"warning: {data['message']}")
         elif event.kind == "log":
             self.query_one("#log", Log).write_line(data.get("message", ""))
         elif event.kind in ("queued", "running"):  # a new attempt (the stream replays earlier ones first)
@@ -105,6 +118,11 @@ class LiveRunScreen(EngineScreen):
                 reason = (f"ran out of memory here; Continue on Modal (m) carries on "
                           f"{f'from step {kept}' if kept else 'from the start'} on a cloud GPU")
             self.query_one("#stats", Static).update(f"{event.kind}. {reason}".strip())
+
+    def _warn(self, message: str) -> None:
+        warning = self.query_one("#warning", Static)
+        warning.update(f"⚠ {message}" if message else "")
+        warning.display = bool(message)
 
     def _offer_modal(self, offer: bool) -> None:
         button = self.query_one("#modal", Button)

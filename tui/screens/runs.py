@@ -1,4 +1,5 @@
-"""Runs: the seed's comparison table (images, steps, GPU, rank, time, cost) plus memory, loss and likeness."""
+"""Runs: the seed's comparison table (images, steps, GPU, rank, time, cost) plus memory, loss and likeness:
+the best likeness of any sample grid, its step, and how much that step copies the training photos."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tui.screens.base import EngineScreen
 from tui.widgets.picture import Picture
 
 COLUMNS = ("run", "training images", "steps", "GPU", "LoRA rank", "training time", "cost", "peak memory",
-           "final loss", "face distance")
+           "final loss", "face distance", "best likeness", "at step", "memorisation")
 
 
 def run_row(run: dict) -> tuple[str, ...]:
@@ -28,6 +29,8 @@ def run_row(run: dict) -> tuple[str, ...]:
         fmt(minutes, ".1f", " min"), "–" if cost is None else f"${cost:.2f}",
         fmt(run.get("peak_memory_mb"), ",.0f", " MB"), fmt(run.get("final_loss"), ".4f"),
         fmt(run.get("identity_score_last_grid"), ".2f"),
+        fmt(run.get("best_likeness"), ".2f"), fmt(run.get("best_likeness_step")),
+        fmt(run.get("memorisation_at_best"), ".2f"),
     )
 
 
