@@ -93,6 +93,8 @@ class SDXLLoRATrainer:
         else:
             self.run_dir.prepare_for_new_run(self.config.force)
         self.placement = choose_placement(self.config.device, self.config.mixed_precision)
+        if self.config.compile_unet and not self.placement.is_cuda:
+            raise LikenessError("--compile needs a CUDA GPU (compiling for the CPU needs a C++ toolchain and gains little)")
         # Savers are a means, not a default: on only where this device's free memory needs them.
         self.plan = choose_plan(self.config, free_memory_gib(self.placement), on_cpu=not self.placement.is_cuda,
                                 optimizer_of_resumed_run=self._resumed_optimizer())
