@@ -98,6 +98,8 @@ class SDXLLoRATrainer:
         self.placement = choose_placement(self.config.device, self.config.mixed_precision)
         if self.config.resume and not self.run_dir.checkpoint_steps():
             raise LikenessError(f"--resume: {self.config.out} has no checkpoint to resume from")
+        if self.config.compile_unet and not self.placement.is_cuda:
+            raise LikenessError("--compile needs a CUDA GPU (compiling for the CPU needs a C++ toolchain and gains little)")
         # Savers are a means, not a default: on only where this device's free memory needs them.
         free = free_memory_gib(self.placement)
         self.plan = choose_plan(self.config, free, on_cpu=not self.placement.is_cuda,

@@ -116,6 +116,11 @@ def test_finished_run_is_not_overwritten_without_force(capsys, tmp_path, photos,
     assert (out / "lora.safetensors").read_bytes() != lora_bytes
 
 
+def test_compile_on_the_cpu(capsys, tmp_path, photos):
+    code, err = run_cli(capsys, *train_args(photos, tmp_path / "out", "--compile", "--device", "cpu"))
+    assert_one_line_error(code, err, "--compile needs a CUDA GPU")
+
+
 def test_resume_without_checkpoint(capsys, tmp_path, photos):
     code, err = run_cli(capsys, *train_args(photos, tmp_path / "out", "--resume"))
     assert_one_line_error(code, err, "no checkpoint")

@@ -201,3 +201,13 @@ def test_sample_grids_decode_as_the_pipeline_would(tiny_model):
     tiled = decode_latents(pipe.vae, latents, 32)
     assert tiled.size == image.size and len(sizes) > 1 and max(max(s) for s in sizes) <= 32 // 8
     assert not pipe.vae.use_tiling
+
+
+def test_weights_load_straight_into_the_training_dtype_with_the_vae_in_fp32(tiny_model):
+    # No fp32 copy of the UNet first (10 GB of RAM for SDXL's); the VAE alone stays fp32, where SDXL's is safe.
+    from engine.base_models import BaseModelSource, load_sdxl_pipeline
+
+    pipe = load_sdxl_pipeline(BaseModelSource("tiny", "folder", str(tiny_model)),
+                              torch_dtype={"default": torch.bfloat16, "vae": torch.float32})
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == pipe.text_encoder_2.dtype == torch.bfloat16
+    assert pipe.vae.dtype == torch.float32
