@@ -314,6 +314,8 @@ def run_job(job_id: int, service_pid: int) -> int:
     except LikenessError as error:
         print(f"{_now()} failed: {error}", flush=True)
         data = {"reason": str(error), "log": log}
+        # Some failures carry what a screen needs to help (prep's per-photo verdicts and size hint).
+        data.update(getattr(error, "event_data", dict)())
         if isinstance(error, OutOfGpuMemory):
             # Not a crash: the run is whole up to its last checkpoint. The event says so, and the TUI
             # offers to resume it on a cloud GPU (POST /jobs/{id}/resume {"where": "modal"}).
