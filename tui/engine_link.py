@@ -3,8 +3,8 @@
 Every method blocks; screens call them from worker threads. With no ``--server``, a local
 service is started in its own session (so a running job outlives the TUI) and remembered in
 ``LIKENESS_HOME/tui-service.json`` so the next start reconnects to it. That local service may
-read photos anywhere under the user's home folder (``LIKENESS_PHOTO_ROOTS``), as a desktop
-program would; a shared or containerised service reads only what it is given.
+read photos in any folder the user can read (``LIKENESS_PHOTO_ROOTS=/``), as a desktop program
+would; a shared or containerised service reads only what it is given.
 """
 
 from __future__ import annotations
@@ -145,8 +145,9 @@ def connect(server: str | None, settings: Settings | None = None, wait_s: float 
             return EngineLink(client, state_file=state)
     port = _free_port()
     settings.home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "LIKENESS_HOME": str(settings.home),
-           "LIKENESS_PHOTO_ROOTS": os.environ.get("LIKENESS_PHOTO_ROOTS", str(Path.home()))}
+    # The user's own engine, on their own machine: it may read any folder they can (the folder picker
+    # offers them all). Confinement to LIKENESS_HOME and the photo roots is for a shared service.
+    env = {**os.environ, "LIKENESS_HOME": str(settings.home), "LIKENESS_PHOTO_ROOTS": os.path.abspath(os.sep)}
     with open(settings.home / "tui-service.log", "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(port)], env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
