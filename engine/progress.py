@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from engine.events import Event, Log, Progress, SampleReady, Started
+from engine.events import Event, Log, Phase, Progress, SampleReady, Started
 
 
 class TerminalProgress:
@@ -32,6 +32,8 @@ class TerminalProgress:
             self._print(f"sample grid for step {event.step}: {event.path}")
         elif isinstance(event, Log):
             self._print(event.message)
+        elif isinstance(event, Phase) and event.fraction in (None, 0.0) and event.name != "training":
+            self._print(event.describe().replace(" 0%", "") + "…")
 
     def _print(self, message: str) -> None:
         from tqdm import tqdm

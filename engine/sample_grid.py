@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
@@ -21,9 +22,15 @@ class PromptEmbeds:
 
 
 def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolution: int, steps: int,
-                  embeds: list[PromptEmbeds] | None, autocast_dtype=None) -> list[list[Image.Image]]:
-    """One row per prompt, one column per seed. Seeds drive a CPU generator: same image on any device."""
+                  embeds: list[PromptEmbeds] | None, autocast_dtype=None,
+                  on_progress: Callable[[float], None] | None = None) -> list[list[Image.Image]]:
+    """One row per prompt, one column per seed. Seeds drive a CPU generator: same image on any device.
+
+    ``on_progress`` hears the fraction of the grid drawn after every denoising step.
+    """
     import torch
+
+    images = len(prompts) * len(seeds)
 
     device = pipe.unet.device
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
@@ -34,6 +41,14 @@ def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolutio
         for seed in seeds:
             kwargs = dict(height=resolution, width=resolution, num_inference_steps=steps,
                           guidance_scale=SAMPLE_GUIDANCE, generator=torch.Generator("cpu").manual_seed(seed))
+            if on_progress is not None:
+                done = index * len(seeds) + len(row)  # images finished before this one
+
+                def step_end(_pipe, i, _t, callback_kwargs, done=done):
+                    on_progress((done + (i + 1) / steps) / images)
+                    return callback_kwargs
+
+                kwargs["callback_on_step_end"] = step_end
             if embeds is not None:
                 e = embeds[index]
                 kwargs.update(

@@ -20,7 +20,8 @@ from engine.base_models import BaseModelSource, check_base_available, load_sdxl_
 from engine.checkpoints import load_checkpoint, save_checkpoint
 from engine.device import Placement, choose_placement, memory_kind, peak_memory_mb, reset_peak_memory
 from engine.errors import LikenessError
-from engine.events import EventSink, Log, Progress, SampleReady, Started, ignore_events
+from engine.estimates import eta_seconds, grid_number, grids_after, grids_in_run
+from engine.events import EventSink, Log, Phase, Progress, SampleReady, Started, ignore_events
 from engine.grid import save_png_atomically
 from engine.identity_scores import identity_for_dataset, mean_score, score_images, score_label
 from engine.images import TrainingImage, image_folder, list_image_files, load_training_images
@@ -65,6 +66,8 @@ class SDXLLoRATrainer:
         self.placement: Placement | None = None
         self.base: BaseModelSource | None = None
         self.pipe = None
+        self.seconds_per_grid: float | None = None  # the last sample grid's wall time, for the ETA
+        self._phase_sent = 0.0
 
     # 1. Inputs are checked before anything heavy loads: a typo costs a second, not a minute.
     def check_inputs(self) -> None:
@@ -205,6 +208,7 @@ class SDXLLoRATrainer:
         for warning in warnings:
             self.on_event(Log(warning))
         if self.pipe is None:
+            self._phase("loading")
             self.load()
         config, run, placement = self.config, self.run_dir, self.placement
         run.samples.mkdir(parents=True, exist_ok=True)
@@ -216,6 +220,7 @@ class SDXLLoRATrainer:
 
         # Caching latents and embeddings can run out of memory as surely as a step can.
         try:
+            self._phase("caching")
             noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
             instance = None if config.train_text_encoder else self.encode_prompt(config.instance_prompt)
             latent_mean, latent_std = self.cache_latents(images) if config.cache_latents else (None, None)
@@ -244,6 +249,7 @@ class SDXLLoRATrainer:
             self.on_event(Started(first_step, config.steps))
             if config.sample_every and first_step == 0:
                 self._save_samples(0, sample_embeds)
+            self._phase("training")
 
             scaling = self.vae.config.scaling_factor
             shift = getattr(self.vae.config, "shift_factor", None) or 0.0
@@ -318,8 +324,10 @@ class SDXLLoRATrainer:
                        "peak_memory_mb": round(peak_memory_mb(placement), 1)}
                 if config.sample_every and (step % config.sample_every == 0 or step == config.steps):
                     row["sample_identity_score"] = self._save_samples(step, sample_embeds)
+                    self._phase("training")
                 run.append_metrics(row)
-                self.on_event(Progress(step, config.steps, loss_value, lr, recent, recent * (config.steps - step)))
+                eta = eta_seconds(recent, config.steps - step, self.seconds_per_grid, grids_after(config, step))
+                self.on_event(Progress(step, config.steps, loss_value, lr, recent, eta))
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
                     save_checkpoint(run, step, self._lora_models(), optimizer, lr_scheduler,
                                     config.model_dump(mode="json"), rank=config.rank, alpha=config.lora_alpha,
@@ -401,16 +409,28 @@ class SDXLLoRATrainer:
             text_encoder_2=None if frozen_text else self.text_encoders[1],
         )
 
+    def _phase(self, name: str, index: int = 0, total: int = 0, fraction: float | None = None) -> None:
+        """Say what the run is doing; a grid's progress at most twice a second (and its end)."""
+        now = time.perf_counter()
+        if fraction is not None and 0 < fraction < 1 and now - self._phase_sent < 0.5:
+            return
+        self._phase_sent = now
+        self.on_event(Phase(name, index, total, fraction))
+
     def _save_samples(self, step: int, embeds: list[PromptEmbeds] | None) -> float | None:
         """Draw, score and save the grid for ``step``; return its mean identity score."""
+        started = time.perf_counter()
         prompts = self.config.sample_prompts()
+        grid = (grid_number(self.config, step), grids_in_run(self.config))
+        self._phase("sampling", *grid, 0.0)
         self.vae.to(self.placement.device)
         self.unet.eval()
         pipe = self.sampling_pipeline(frozen_text=embeds is not None)
         pipe.set_progress_bar_config(disable=True)
         autocast_dtype = self.weight_dtype if self.placement.is_cuda else None
         rows = render_images(pipe, prompts, self.config.sample_seeds, resolution=self.config.resolution,
-                             steps=self.config.sample_steps, embeds=embeds, autocast_dtype=autocast_dtype)
+                             steps=self.config.sample_steps, embeds=embeds, autocast_dtype=autocast_dtype,
+                             on_progress=lambda fraction: self._phase("sampling", *grid, fraction))
         if self.config.cache_latents:
             self.vae.to("cpu")
         self.unet.train()
@@ -422,6 +442,7 @@ class SDXLLoRATrainer:
         write_json_atomically(path.with_suffix(".json"), {
             "step": step, "prompts": prompts, "seeds": list(self.config.sample_seeds),
             "identity_scores": scores, "identity_score_mean": self.last_sample_score})
+        self.seconds_per_grid = time.perf_counter() - started
         self.on_event(SampleReady(step, path, self.last_sample_score))
         return self.last_sample_score
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,22 +34,20 @@ class EngineLink:
         self.state_file = state_file
 
     def close(self) -> None:
-        """Stop the service we started, unless a job is running (it keeps going; the next start reconnects)."""
-        if self.process is None or self.process.poll() is not None:
+        """Let go of the engine at once; a local engine no other TUI uses is stopped unless a job runs.
+
+        Quitting must never wait on the engine (it may be busy for minutes drawing a sample grid),
+        so the check and the stop happen in a small detached process.
+        """
+        if self.state_file is None:
+            return  # someone else's engine (--server): not ours to stop
+        clients = self.state_file.parent / CLIENTS
+        (clients / str(os.getpid())).unlink(missing_ok=True)
+        if live_clients(clients):
             return
-        try:
-            busy = any(job["state"] in ("running", "queued") for job in self.jobs())
-        except LikenessError:
-            busy = False
-        if busy:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        if self.state_file is not None:
-            self.state_file.unlink(missing_ok=True)
+        subprocess.Popen([sys.executable, "-m", "tui.engine_link", str(self.state_file)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
 
     def system(self) -> dict:
         return self.client.request("GET", "/system")
@@ -124,6 +123,64 @@ class EngineLink:
         return decide(train_config, local_gpus=local).summary()
 
 
+CLIENTS = "tui-clients"  # one empty file per running TUI of this LIKENESS_HOME, named by its pid
+
+
+def live_clients(folder: Path) -> list[int]:
+    """The pids of the TUIs still running on this home's local engine (stale files are removed)."""
+    alive = []
+    for entry in folder.glob("*") if folder.is_dir() else []:
+        try:
+            pid = int(entry.name)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError):
+            entry.unlink(missing_ok=True)
+            continue
+        except PermissionError:
+            pass  # alive, another user's: count it
+        alive.append(pid)
+    return alive
+
+
+def _register(home: Path) -> None:
+    folder = home / CLIENTS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / str(os.getpid())).touch()
+
+
+def _is_our_engine(pid: int) -> bool:
+    # A recycled pid belongs to someone else: only a process running `engine serve` is ours to stop.
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"engine" in command and b"serve" in command
+
+
+def stop_if_unneeded(state_file: Path, grace_s: float = 15) -> bool:
+    """Stop the local engine in ``state_file`` when no TUI uses it and no job is queued or running."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        busy = any(job["state"] in ("running", "queued") for job in ServiceClient(state["url"]).jobs())
+    except LikenessError:
+        busy = False  # not answering: stop it all the same if it is still there
+    if busy or live_clients(state_file.parent / CLIENTS):  # a TUI may have arrived meanwhile
+        return False
+    pid = state.get("pid")
+    if pid and _is_our_engine(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while _is_our_engine(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _is_our_engine(pid):
+            os.kill(pid, signal.SIGKILL)
+    state_file.unlink(missing_ok=True)
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -142,6 +199,7 @@ def connect(server: str | None, settings: Settings | None = None, wait_s: float 
     if state.is_file():
         client = ServiceClient(json.loads(state.read_text())["url"])
         if client.healthy():
+            _register(settings.home)
             return EngineLink(client, state_file=state)
     port = _free_port()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -158,7 +216,13 @@ def connect(server: str | None, settings: Settings | None = None, wait_s: float 
             raise LikenessError(f"the local engine exited; see {settings.home / 'tui-service.log'}")
         if client.healthy():
             state.write_text(json.dumps({"url": client.url, "pid": process.pid}))
+            _register(settings.home)
             return EngineLink(client, process, state)
         time.sleep(0.3)
     process.kill()
     raise LikenessError("the local engine did not start within 90 seconds")
+
+
+if __name__ == "__main__":
+    # `python -m tui.engine_link STATE_FILE`: what a quitting TUI leaves behind to stop its engine.
+    stop_if_unneeded(Path(sys.argv[1]))

@@ -202,7 +202,7 @@ class EventRecorder:
         self.cancel_on_progress = cancel_on_progress
 
     def __call__(self, event) -> None:
-        from engine.events import Log, Progress, SampleReady, Started
+        from engine.events import Log, Phase, Progress, SampleReady, Started
 
         if isinstance(event, Progress):
             self.queue.add_event(self.job.id, "progress", {
@@ -216,6 +216,12 @@ class EventRecorder:
                 "identity_score": event.identity_score})
         elif isinstance(event, Started):
             self.queue.add_event(self.job.id, "started", {"first_step": event.first_step, "total": event.total})
+        elif isinstance(event, Phase):
+            self.queue.add_event(self.job.id, "phase", {"name": event.name, "index": event.index,
+                                                        "total": event.total, "fraction": event.fraction,
+                                                        "text": event.describe()})
+            if event.fraction is None:  # a new phase, not a grid's progress: worth a line in the job's log
+                print(f"{_now()} {event.describe()}", flush=True)
         elif isinstance(event, Log):
             print(f"{_now()} {event.message}", flush=True)
             self.queue.add_event(self.job.id, "log", {"message": event.message})
