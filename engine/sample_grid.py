@@ -66,5 +66,7 @@ def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolutio
 
 
 def sample_grid(rows: list[list[Image.Image]], prompts: list[str], seeds: tuple[int, ...], step: int,
-                cell_labels: list[list[str]] | None = None) -> Image.Image:
-    return labelled_grid(rows, prompts, [f"seed {s}" for s in seeds], title=f"step {step}", cell_labels=cell_labels)
+                cell_labels: list[list[str]] | None = None, run: str | None = None) -> Image.Image:
+    """Prompts down, seeds across; the title says which run and step (the prompts and seeds label the cells)."""
+    title = f"run {run} · step {step}" if run else f"step {step}"
+    return labelled_grid(rows, prompts, [f"seed {s}" for s in seeds], title=title, cell_labels=cell_labels)

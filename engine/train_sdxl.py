@@ -437,7 +437,8 @@ class SDXLLoRATrainer:
         scores = [score_images(self.identity, row) for row in rows]
         labels = [[score_label(s) for s in row] for row in scores] if self.identity is not None else None
         path = self.run_dir.sample_path(step)
-        save_png_atomically(sample_grid(rows, prompts, self.config.sample_seeds, step, labels), path)
+        save_png_atomically(sample_grid(rows, prompts, self.config.sample_seeds, step, labels,
+                                        run=self.run_dir.root.name), path)
         self.last_sample_score = mean_score([s for row in scores for s in row])
         write_json_atomically(path.with_suffix(".json"), {
             "step": step, "prompts": prompts, "seeds": list(self.config.sample_seeds),
