@@ -62,11 +62,25 @@ class EngineLink:
         """Queue the job's next attempt (`where="modal"`: on a cloud GPU); its id."""
         return self.client.resume(job_id, where)["id"]
 
+    def job(self, job_id: int) -> dict:
+        return self.client.request("GET", f"/jobs/{job_id}")
+
+    def job_log(self, job_id: int) -> str:
+        """The worker's output for the job (its log lines, and a traceback if it crashed)."""
+        return self.client.get_bytes(f"/jobs/{job_id}/log").decode(errors="replace")
+
+    def waiting_for(self, job_id: int) -> int | None:
+        """The GPU job a queued job waits behind (one runs at a time), if any."""
+        ahead = [job for job in self.jobs() if job["kind"] in ("train", "generate") and job["id"] != job_id
+                 and (job["state"] == "running" or (job["state"] == "queued" and job["id"] < job_id))]
+        return min(ahead, key=lambda job: (job["state"] != "running", job["id"]))["id"] if ahead else None
+
     def latest_train_job(self) -> dict | None:
-        """The train job to show on opening Live run: a running one, else the newest."""
+        """The train job to show on opening Live run: the running one, else the next queued, else the newest."""
         trains = [job for job in self.jobs() if job["kind"] == "train"]  # newest first
-        active = [job for job in trains if job["state"] in ("running", "queued")]
-        return (active or trains or [None])[0]
+        running = [job for job in trains if job["state"] == "running"]
+        queued = [job for job in reversed(trains) if job["state"] == "queued"]  # the next to run first
+        return (running or queued or trains or [None])[0]
 
     def events(self, job_id: int, should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, dict]]:
         """Every event of the job from its first, as (type, data), until it ends.
@@ -110,9 +124,15 @@ class EngineLink:
         body = {"lora": f"runs/{run}", "sweeps": axes, **{k: v for k, v in config.items() if v is not None}}
         return self.client.submit("generate", body)["id"]
 
-    def placement_line(self, config: dict, system: dict) -> str:
-        """Where this run would go, with the estimate, time and cost (engine.placement decides)."""
-        from engine.placement import LocalGpu, decide
+    def plan(self, config: dict, system: dict) -> tuple[dict, str]:
+        """The run as it will be sent, and where it goes, how long it takes, what it costs, what it samples.
+
+        engine.placement decides where; a run on this machine's CPU draws smaller sample grids
+        (engine.estimates.CPU_SAMPLING) unless the config says otherwise, and gets a CPU time estimate.
+        Raises pydantic's ValidationError for a config the engine would refuse.
+        """
+        from engine.estimates import CPU_SAMPLING, cpu_seconds, sampling_line
+        from engine.placement import LocalGpu, decide, model_family
         from engine.train_config import TrainConfig
 
         local = []
@@ -120,7 +140,17 @@ class EngineLink:
             local = [LocalGpu(0, system["gpu_name"], system["vram_total_mb"] / 1024,
                               (system.get("vram_free_mb") or system["vram_total_mb"]) / 1024)]
         train_config = TrainConfig(data=Path("."), out=Path("."), **config)
-        return decide(train_config, local_gpus=local).summary()
+        decision = decide(train_config, local_gpus=local)
+        line = decision.summary()
+        if decision.where == "local" and decision.gpu is None:
+            config = {**{k: list(v) if isinstance(v, tuple) else v for k, v in CPU_SAMPLING.items()}, **config}
+            train_config = TrainConfig(data=Path("."), out=Path("."), **config)
+            minutes = cpu_seconds(train_config, model_family(train_config)) / 60
+            line += f"\n~{minutes:.0f} min on this CPU (rough); " if minutes >= 1 else "\nunder a minute on this CPU; "
+            line += sampling_line(train_config) + " (fewer than on a GPU: a CPU draws them slowly)"
+        else:
+            line += "\n" + sampling_line(train_config)
+        return config, line
 
 
 CLIENTS = "tui-clients"  # one empty file per running TUI of this LIKENESS_HOME, named by its pid
