@@ -12,6 +12,15 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 
+def probe_terminal() -> None:
+    """Let textual-image ask the terminal what it can draw, before Textual takes the terminal over.
+
+    Imported later (the first time a picture is shown), its queries are answered while Textual reads
+    the keyboard, and the answers arrive as keys: a "?" in one of them opened the help in tmux.
+    """
+    import textual_image.widget  # noqa: F401  (the import is the probe)
+
+
 def image_widget_class():
     """The best picture widget for where the app is drawn.
 
