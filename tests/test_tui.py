@@ -115,7 +115,7 @@ def test_help_and_command_palette(service):
 
     async def look() -> None:
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("question_mark")
+            await pilot.press("escape", "question_mark")  # escape: out of the path field first
             assert type(app.screen).__name__ == "HelpScreen"
             await pilot.press("escape")
             await pilot.press("ctrl+p")
