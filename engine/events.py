@@ -53,7 +53,29 @@ class Started:
     total: int
 
 
-Event = Progress | SampleReady | OverfittingWarning | Log | Started
+@dataclass(frozen=True)
+class Phase:
+    """What a run is doing between steps, so a screen never shows "0%" for minutes of real work.
+
+    ``name``: loading (the models), caching (latents and prompt embeddings), sampling (drawing sample
+    grid ``index`` of ``total``; ``fraction`` of it is drawn so far), training (the steps).
+    """
+
+    name: str
+    index: int = 0
+    total: int = 0
+    fraction: float | None = None
+
+    def describe(self) -> str:
+        """The phase in a few words, for a status line or a log."""
+        if self.name == "sampling":
+            done = f" {self.fraction:.0%}" if self.fraction is not None else ""
+            return f"drawing sample grid {self.index}/{self.total}{done}"
+        return {"loading": "loading the models", "caching": "caching latents and prompt embeddings",
+                "training": "training"}.get(self.name, self.name)
+
+
+Event = Progress | SampleReady | OverfittingWarning | Log | Started | Phase
 EventSink = Callable[[Event], None]
 
 

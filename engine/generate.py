@@ -308,7 +308,8 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
         images.append(GeneratedImage(path, sidecar))
         on_event(Progress(index + 1, len(combos), None, None, seconds, seconds * (len(combos) - index - 1)))
 
-    grids = _write_grids(out, axes, images, scored=identity is not None)
+    heading = grid_heading(config, axes)
+    grids = _write_grids(out, axes, images, scored=identity is not None, heading=heading)
     for grid in grids:
         on_event(Log(f"grid: {grid}"))
     return GenerateResult(out, images, grids)
@@ -453,7 +454,23 @@ def _label(name: str, value: Any) -> str:
     return f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
 
 
-def _write_grids(out: Path, axes: dict[str, list[Any]], images: list[GeneratedImage], scored: bool) -> list[Path]:
+def grid_heading(config: GenerateConfig, axes: dict[str, list[Any]]) -> str:
+    """The grid's title line: prompt, run, step and seed (those not swept), so a saved PNG says what it shows."""
+    lora = config.lora
+    if lora is None:
+        run = "no LoRA (the base model)"
+    else:
+        run = f"run {lora.name}" if lora.is_dir() else f"LoRA {lora.name}"
+    parts = [f'"{config.prompt}"', run]
+    if lora is not None and "step" not in axes:
+        parts.append(f"step {config.step}" if config.step is not None else "final step")
+    if "seed" not in axes:
+        parts.append(f"seed {config.seed}")
+    return " · ".join(parts)
+
+
+def _write_grids(out: Path, axes: dict[str, list[Any]], images: list[GeneratedImage], scored: bool,
+                 heading: str = "") -> list[Path]:
     """First axis across, second down; one grid per combination of any further axes."""
     from PIL import Image
 
@@ -475,7 +492,7 @@ def _write_grids(out: Path, axes: dict[str, list[Any]], images: list[GeneratedIm
             [[cells[(r, c)][0] for c in cols] for r in rows],
             [_label(row_name, r) if row_name else "" for r in rows],
             [_label(col_name, c) if col_name else "" for c in cols],
-            title=", ".join(_label(n, v) for n, v in page_key) or None,
+            title=" · ".join(part for part in (heading, ", ".join(_label(n, v) for n, v in page_key)) if part) or None,
             cell_labels=[[cells[(r, c)][1] for c in cols] for r in rows] if scored else None,
         )
         suffix = "".join(f"-{n}={v}" for n, v in page_key)

@@ -38,14 +38,16 @@ def labelled_grid(
     row_chars = max(10, min(32, max((len(label) for label in row_labels), default=10)))
     wrapped_rows = [textwrap.wrap(label, row_chars) or [""] for label in row_labels]
     left = int(row_chars * font_size * 0.55) + 16 if any(row_labels) else 0
-    top_title = line_h + 8 if title else 0
-    top = top_title + (max(len(w) for w in wrapped_cols) * line_h + 8 if any(column_labels) else 0)
     width = left + cell_w * max(len(r) for r in rows)
+    # The title wraps to the grid's width: a long prompt stays whole on a narrow grid.
+    title_lines = textwrap.wrap(title, max(16, int((width - 16) / (font_size * 0.55)))) if title else []
+    top_title = len(title_lines) * line_h + 8 if title else 0
+    top = top_title + (max(len(w) for w in wrapped_cols) * line_h + 8 if any(column_labels) else 0)
     height = top + cell_h * len(rows)
     canvas = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((8, 4), title, fill=_INK, font=font)
+    for i, line in enumerate(title_lines):
+        draw.text((8, 4 + i * line_h), line, fill=_INK, font=font)
     for c, lines in enumerate(wrapped_cols):
         for i, line in enumerate(lines):
             draw.text((left + c * cell_w + 4, top_title + 4 + i * line_h), line, fill=_INK, font=font)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from engine.events import Event, Log, OverfittingWarning, Progress, SampleReady, Started
+from engine.events import Event, Log, OverfittingWarning, Phase, Progress, SampleReady, Started
 
 
 class TerminalProgress:
@@ -36,6 +36,8 @@ class TerminalProgress:
             self._print(f"warning: {event.message}")
         elif isinstance(event, Log):
             self._print(event.message)
+        elif isinstance(event, Phase) and event.fraction in (None, 0.0) and event.name != "training":
+            self._print(event.describe().replace(" 0%", "") + "…")
 
     def _print(self, message: str) -> None:
         from tqdm import tqdm

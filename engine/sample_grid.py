@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
@@ -49,10 +50,16 @@ def decode_latents(vae, latents, tile_px: int | None) -> Image.Image:
 
 
 def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolution: int, steps: int,
-                  embeds: list[PromptEmbeds] | None, autocast_dtype=None, decode=None) -> list[list[Image.Image]]:
+                  embeds: list[PromptEmbeds] | None, autocast_dtype=None, decode=None,
+                  on_progress: Callable[[float], None] | None = None) -> list[list[Image.Image]]:
     """One row per prompt, one column per seed. Seeds drive a CPU generator: same image on any device.
-    ``decode(latents)``, when given, turns the denoised latents into the image instead of the pipeline."""
+
+    ``decode(latents)``, when given, turns the denoised latents into the image instead of the pipeline.
+    ``on_progress`` hears the fraction of the grid drawn after every denoising step.
+    """
     import torch
+
+    images = len(prompts) * len(seeds)
 
     device = pipe.unet.device
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
@@ -63,6 +70,14 @@ def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolutio
         for seed in seeds:
             kwargs = dict(height=resolution, width=resolution, num_inference_steps=steps,
                           guidance_scale=SAMPLE_GUIDANCE, generator=torch.Generator("cpu").manual_seed(seed))
+            if on_progress is not None:
+                done = index * len(seeds) + len(row)  # images finished before this one
+
+                def step_end(_pipe, i, _t, callback_kwargs, done=done):
+                    on_progress((done + (i + 1) / steps) / images)
+                    return callback_kwargs
+
+                kwargs["callback_on_step_end"] = step_end
             if embeds is not None:
                 e = embeds[index]
                 kwargs.update(
@@ -84,5 +99,7 @@ def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolutio
 
 
 def sample_grid(rows: list[list[Image.Image]], prompts: list[str], seeds: tuple[int, ...], step: int,
-                cell_labels: list[list[str]] | None = None) -> Image.Image:
-    return labelled_grid(rows, prompts, [f"seed {s}" for s in seeds], title=f"step {step}", cell_labels=cell_labels)
+                cell_labels: list[list[str]] | None = None, run: str | None = None) -> Image.Image:
+    """Prompts down, seeds across; the title says which run and step (the prompts and seeds label the cells)."""
+    title = f"run {run} · step {step}" if run else f"step {step}"
+    return labelled_grid(rows, prompts, [f"seed {s}" for s in seeds], title=title, cell_labels=cell_labels)

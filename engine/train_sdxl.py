@@ -33,7 +33,17 @@ from engine.device import (
     peak_memory_mb,
 )
 from engine.errors import LikenessError
-from engine.events import EventSink, Log, OverfittingWarning, Progress, SampleReady, Started, ignore_events
+from engine.estimates import eta_seconds, grid_number, grids_after, grids_in_run
+from engine.events import (
+    EventSink,
+    Log,
+    OverfittingWarning,
+    Phase,
+    Progress,
+    SampleReady,
+    Started,
+    ignore_events,
+)
 from engine.grid import save_png_atomically
 from engine.identity_scores import identity_for_dataset, mean_score, score_label
 from engine.images import TrainingImage, load_training_images
@@ -84,6 +94,8 @@ class SDXLLoRATrainer:
         self.plan: MemoryPlan | None = None
         self.base: BaseModelSource | None = None
         self.pipe = None
+        self.seconds_per_grid: float | None = None  # the last sample grid's wall time, for the ETA
+        self._phase_sent = 0.0
 
     # 1. Inputs are checked before anything heavy loads: a typo costs a second, not a minute.
     def check_inputs(self) -> None:
@@ -244,6 +256,7 @@ class SDXLLoRATrainer:
         for warning in warnings:
             self.on_event(Log(warning))
         if self.pipe is None:
+            self._phase("loading")
             self.load()
         config, run, placement = self.config, self.run_dir, self.placement
         run.samples.mkdir(parents=True, exist_ok=True)
@@ -257,6 +270,7 @@ class SDXLLoRATrainer:
 
         # Caching latents and embeddings can run out of memory as surely as a step can.
         try:
+            self._phase("caching")
             noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
             # Caching: only the text encoders and the VAE on the device; the UNet waits on the CPU.
             self.phases.enter("caching")
@@ -296,6 +310,7 @@ class SDXLLoRATrainer:
             if config.sample_every and first_step == 0:
                 self._save_samples(0, sample_embeds)
                 self.phases.enter("loop")
+            self._phase("training")
 
             scaling = self.vae.config.scaling_factor
             shift = getattr(self.vae.config, "shift_factor", None) or 0.0
@@ -371,12 +386,14 @@ class SDXLLoRATrainer:
                 if sampled:
                     measures = self._save_samples(step, sample_embeds)
                     self.phases.enter("loop")
+                    self._phase("training")
                     row.update(sample_identity_score=self.last_sample_score, **measures.metrics())
                 run.append_metrics(row)
                 if sampled:
                     self._judge(record, final=False)
                     run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
-                self.on_event(Progress(step, config.steps, loss_value, lr, recent, recent * (config.steps - step)))
+                eta = eta_seconds(recent, config.steps - step, self.seconds_per_grid, grids_after(config, step))
+                self.on_event(Progress(step, config.steps, loss_value, lr, recent, eta))
                 # Sample steps get a checkpoint too: the recommended step must be there to generate from.
                 if step < config.steps and (sampled or (config.checkpoint_every and step % config.checkpoint_every == 0)):
                     save_checkpoint(run, step, self._lora_models(), optimizer, lr_scheduler,
@@ -498,11 +515,22 @@ class SDXLLoRATrainer:
         if sign is not None:
             self.on_event(OverfittingWarning(sign.step, sign.cause, sign.message))
 
+    def _phase(self, name: str, index: int = 0, total: int = 0, fraction: float | None = None) -> None:
+        """Say what the run is doing; a grid's progress at most twice a second (and its end)."""
+        now = time.perf_counter()
+        if fraction is not None and 0 < fraction < 1 and now - self._phase_sent < 0.5:
+            return
+        self._phase_sent = now
+        self.on_event(Phase(name, index, total, fraction))
+
     def _save_samples(self, step: int, embeds: list[PromptEmbeds] | None) -> GridMeasures:
         """Draw, measure and save the grid for ``step``; return its likeness, memorisation and variety."""
         import torch
 
+        started = time.perf_counter()
         prompts = self.config.sample_prompts()
+        grid = (grid_number(self.config, step), grids_in_run(self.config))
+        self._phase("sampling", *grid, 0.0)
         self.phases.enter("sampling")
         # The VAE comes back for the grid and decodes in tiles, so sampling stays inside the loop's budget.
         self.vae.to(self.placement.device)
@@ -512,7 +540,8 @@ class SDXLLoRATrainer:
         autocast_dtype = self.weight_dtype if self.placement.is_cuda else None
         rows = render_images(pipe, prompts, self.config.sample_seeds, resolution=self.config.resolution,
                              steps=self.config.sample_steps, embeds=embeds, autocast_dtype=autocast_dtype,
-                             decode=lambda latents: decode_latents(self.vae, latents, self.plan.decode_tile_px))
+                             decode=lambda latents: decode_latents(self.vae, latents, self.plan.decode_tile_px),
+                             on_progress=lambda fraction: self._phase("sampling", *grid, fraction))
         if self.config.cache_latents:
             self.vae.to("cpu")
             if self.placement.is_cuda:
@@ -526,12 +555,14 @@ class SDXLLoRATrainer:
         labels = ([[score_label(p.face_distance) + (" copy" if p.memorisation >= THRESHOLDS.memorisation_limit else "")
                     for p in row] for row in measures.pictures] if self.identity is not None else None)
         path = self.run_dir.sample_path(step)
-        save_png_atomically(sample_grid(rows, prompts, self.config.sample_seeds, step, labels), path)
+        save_png_atomically(sample_grid(rows, prompts, self.config.sample_seeds, step, labels,
+                                        run=self.run_dir.root.name), path)
         self.last_sample_score = mean_score([s for row in scores for s in row])
         write_json_atomically(path.with_suffix(".json"), {
             "step": step, "prompts": prompts, "seeds": list(self.config.sample_seeds),
             "identity_scores": scores, "identity_score_mean": self.last_sample_score, **measures.metrics(),
             "picture_measures": [[p.to_json() for p in row] for row in measures.pictures]})
+        self.seconds_per_grid = time.perf_counter() - started
         metrics = measures.metrics()
         recommended = recommend(self.run_dir.read_metrics() + [{"step": step, **metrics}]).step
         self.on_event(SampleReady(step, path, self.last_sample_score, metrics["likeness"], metrics["memorisation"],

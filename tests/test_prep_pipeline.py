@@ -370,3 +370,35 @@ def test_engine_raises_likeness_error_for_zero_accepted(tmp_path, monkeypatch):
     save(Image.fromarray(data.coffee()), tmp_path / "photos" / "coffee.jpg")
     with pytest.raises(LikenessError, match="1 no face"):
         prepare_photos(PrepConfig(photos=tmp_path / "photos", out=tmp_path / "ds", workers=1))
+
+
+def test_too_small_photos_get_a_size_hint_that_keeps_them(tmp_path, monkeypatch, capsys):
+    """The README demo's photos (260-420 px) at the default 1024 px: every one too small. The one-line
+    error says which --size keeps them, and that size does."""
+    from engine.demo import make_demo_photos
+
+    monkeypatch.setenv("LIKENESS_HOME", str(tmp_path / "home"))
+    make_demo_photos(tmp_path / "photos", count=4)
+    code = main(["prep", str(tmp_path / "photos"), "--out", str(tmp_path / "ds"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "4 too small" in err and "--size " in err and "would keep all 4" in err
+    size = int(err.split("--size ")[1].split()[0])
+    assert size % 64 == 0 and 64 <= size < 1024
+    report = prepare_photos(PrepConfig(photos=tmp_path / "photos", out=tmp_path / "ds", size=size, workers=1))
+    assert report.accepted == 4 and report.hint is None
+
+
+def test_size_hint_only_when_too_small_is_the_main_reason():
+    from engine.prep.manifest import PhotoEntry, size_hint
+
+    def entry(reason, upscale=None):
+        return PhotoEntry(source="x.jpg", status="rejected", reason=reason, upscale=upscale)
+
+    small = [entry(Reason.TOO_SMALL, 1024 / 300), entry(Reason.TOO_SMALL, 1024 / 400)]
+    hint = size_hint(small + [entry(Reason.BLURRY)], 1024, 2.0)
+    assert hint is not None and hint.suggested_size == 576 and hint.keeps == 2 and hint.too_small == 2
+    assert hint.suggested_max_upscale == 3.5
+    assert "--size 576 would keep all 2" in hint.text()
+    assert size_hint(small + [entry(Reason.BLURRY)] * 3, 1024, 2.0) is None  # mostly blurry: no size helps
+    assert size_hint([entry(Reason.BLURRY)], 1024, 2.0) is None

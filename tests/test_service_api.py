@@ -334,3 +334,11 @@ def test_fuzzed_requests_never_get_a_500(case, service):
         case.query = {**(case.query or {}), "follow": "false"}
     case.call_and_validate(base_url=service.url, headers=service.headers(), checks=[not_a_server_error],
                            timeout=30)
+
+
+def test_a_refused_photo_folder_names_the_allowed_folders_and_how_to_add_one(service, photos):
+    answer = service.post("/datasets", json={"name": "elsewhere", "photos": str(photos), "options": {}})
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    assert str(photos) in detail and str(service.home) in detail
+    assert "add its folder to LIKENESS_PHOTO_ROOTS" in detail

@@ -46,8 +46,12 @@ def test_cli_train_on_the_service_streams_progress_and_sample_grids(service, cap
     assert job["state"] == "done" and job["kind"] == "train" and job["progress"]["step"] == 6
     events = service.events(job["id"])
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))
-    types = [e["type"] for e in events]
+    types = [e["type"] for e in events if e["type"] != "phase"]
     assert types[:3] == ["queued", "running", "started"] and types[-1] == "done"
+    # What the run was doing between steps, stored and streamed like every other event.
+    phases = [e["data"] for e in events if e["type"] == "phase" and e["data"]["fraction"] in (None, 0.0)]
+    assert [p["name"] for p in phases[:4]] == ["loading", "caching", "sampling", "training"]
+    assert phases[2]["text"] == "drawing sample grid 1/3 0%" and (phases[2]["index"], phases[2]["total"]) == (1, 3)
     progress = [e["data"] for e in events if e["type"] == "progress"]
     assert [p["step"] for p in progress] == [1, 2, 3, 4, 5, 6]
     assert all(p["total"] == 6 and p["loss"] > 0 and p["seconds_per_step"] > 0 and "eta_seconds" in p

@@ -211,3 +211,22 @@ def test_weights_load_straight_into_the_training_dtype_with_the_vae_in_fp32(tiny
                               torch_dtype={"default": torch.bfloat16, "vae": torch.float32})
     assert pipe.unet.dtype == pipe.text_encoder.dtype == pipe.text_encoder_2.dtype == torch.bfloat16
     assert pipe.vae.dtype == torch.float32
+
+
+def test_a_run_says_its_phase_and_its_eta_counts_the_grids_left(tmp_path, dataset, settings, tiny_model):
+    """Loading, caching, each sample grid k/n with its own progress, then training; the ETA after a
+    step includes the grids still to draw, at the pace of the last one."""
+    from engine.events import Phase, Progress, SampleReady
+
+    events = []
+    train(tiny_train_config(dataset, tmp_path / "run", steps=4, sample_every=2, sample_steps=4,
+                            checkpoint_every=0), settings, on_event=events.append)
+    phases = [(e.name, e.index, e.total) for e in events if isinstance(e, Phase) and e.fraction in (None, 0.0)]
+    assert phases == [("loading", 0, 0), ("caching", 0, 0), ("sampling", 1, 3), ("training", 0, 0),
+                      ("sampling", 2, 3), ("training", 0, 0), ("sampling", 3, 3), ("training", 0, 0)]
+    fractions = [e.fraction for e in events if isinstance(e, Phase) and e.name == "sampling" and e.index == 1]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert events.index(next(e for e in events if isinstance(e, SampleReady))) > events.index(
+        next(e for e in events if isinstance(e, Phase) and e.fraction == 1.0))
+    first = next(e for e in events if isinstance(e, Progress) and e.step == 1)
+    assert first.eta_seconds > first.seconds_per_step * 3  # three steps left, and two grids

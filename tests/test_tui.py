@@ -118,7 +118,8 @@ def test_photos_to_train_to_live_run_to_generate_to_runs(service, photos):
             runs = app.screen
             await until(pilot, lambda: runs.query_one("#runs", DataTable).row_count == 1, what="the runs table")
             row = runs.query_one("#runs", DataTable).get_row_at(0)
-            assert row[0] == "tui-run" and row[2] == "40" and row[4] == "4"
+            assert row[:4] == ["tui-run", "done", "datasets/astronaut", "64 px"]
+            assert row[5] == "40" and row[7] == "4"
             assert row[COLUMNS.index("best likeness")] == "–"  # no face in any grid: no best likeness
             await pilot.press("space")
             await until(pilot, lambda: bool(runs.query("#grid-left Image")), what="the side-by-side grid")
@@ -131,11 +132,16 @@ def test_help_and_command_palette(service):
 
     async def look() -> None:
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("question_mark")
+            await pilot.press("escape", "question_mark")  # escape: out of the path field first
             assert type(app.screen).__name__ == "HelpScreen"
             await pilot.press("escape")
             await pilot.press("ctrl+p")
-            await pilot.pause(0.2)
+            await pilot.pause(0.5)
+            # Before anything is typed, the palette already lists where it can go.
+            palette = app.screen.query_one("CommandList")
+            listed = [str(palette.get_option_at_index(i).prompt) for i in range(palette.option_count)]
+            assert all(any(f"Go to {title}" in entry for entry in listed)
+                       for title in ("Photos", "Train", "Live run", "Generate", "Runs")), listed
             await pilot.press(*"go to runs")
             await pilot.pause(0.5)
             await pilot.press("enter")

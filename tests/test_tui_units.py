@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tui.screens.generate import PRESETS, parse_sweeps
 from tui.screens.live_run import format_eta
-from tui.screens.photos import dataset_name_for
+from tui.screens.photos import dataset_name_for, verdict_rows
 from tui.screens.runs import COLUMNS, run_row
+from tui.screens.train import field_error, matching_preset, run_name
 
 
 def test_dataset_name_comes_from_the_folder_or_zip_name():
@@ -16,15 +19,16 @@ def test_dataset_name_comes_from_the_folder_or_zip_name():
 
 
 def test_runs_table_row_has_the_seed_columns_and_dashes_for_unknowns():
-    row = run_row({"name": "r1", "num_images": 39, "steps": 500, "gpu_name": "NVIDIA A10G", "lora_rank": 16,
-                   "wall_time_s": 1560, "cost_usd": 0.5, "peak_memory_mb": 9512.4, "final_loss": 0.12345,
-                   "identity_score_last_grid": 0.41, "best_likeness": 0.3812, "best_likeness_step": 300,
-                   "memorisation_at_best": 0.214})
+    row = run_row({"name": "r1", "status": "done", "dataset": "datasets/me", "resolution": 1024, "num_images": 39,
+                   "steps": 500, "gpu_name": "NVIDIA A10G", "lora_rank": 16, "wall_time_s": 1560, "cost_usd": 0.5,
+                   "peak_memory_mb": 9512.4, "final_loss": 0.12345, "identity_score_last_grid": 0.41,
+                   "best_likeness": 0.3812, "best_likeness_step": 300, "memorisation_at_best": 0.214})
     assert len(row) == len(COLUMNS)
-    assert row == ("r1", "39", "500", "NVIDIA A10G", "16", "26.0 min", "$0.50", "9,512 MB", "0.1235", "0.41",
-                   "0.38", "300", "0.21")
+    assert row == ("r1", "done", "datasets/me", "1024 px", "39", "500", "NVIDIA A10G", "16", "26.0 min", "$0.50",
+                   "9,512 MB", "0.1235", "0.41", "0.38", "300", "0.21")
     sparse = run_row({"name": "r2", "device": "cpu"})
-    assert sparse[3] == "cpu" and sparse[5] == "–" and sparse[6] == "–" and sparse[-3:] == ("–", "–", "–")
+    assert sparse[1:4] == ("–", "–", "–") and sparse[6] == "cpu" and sparse[8] == "–" and sparse[9] == "–"
+    assert sparse[-3:] == ("–", "–", "–")
 
 
 def test_sweep_text_splits_on_semicolons_and_lines():
@@ -66,3 +70,41 @@ def test_curves_widget_plots_loss_likeness_memorisation_and_the_recommended_step
     assert "no faces found" in no_faces and "recommended" not in no_faces
     assert "recommended: step 6" in recommended
     assert all(name in recommended for name in ("loss", "likeness", "memorisation"))  # the legend
+
+
+def test_every_photo_gets_a_verdict_row_rejected_first():
+    rows = verdict_rows([{"source": "a.jpg", "status": "accepted"},
+                         {"source": "b.jpg", "status": "rejected", "reason": "too small", "detail": "face 89 px"}])
+    assert rows == [("b.jpg", "rejected", "too small · face 89 px"), ("a.jpg", "kept", "")]
+
+
+def test_the_preset_label_follows_the_numbers_and_names_the_run():
+    values = {"steps": "500", "rank": "16", "lr": "0.0001", "resolution": "1024", "sample_every": "100"}
+    assert matching_preset(values) == "quick"
+    assert matching_preset({**values, "steps": "40"}) == "custom"
+    assert matching_preset({**values, "steps": ""}) == "custom"
+    assert run_name("astronaut", "custom") == "astronaut-custom" and run_name(None, "quick") == "me-quick"
+
+
+def test_a_config_error_names_the_form_field():
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from engine.train_config import TrainConfig
+
+    with pytest.raises(ValidationError) as caught:
+        TrainConfig(data=Path("."), out=Path("."), resolution=100)
+    assert field_error(caught.value).startswith("Resolution: ")
+
+
+def test_in_a_browser_pictures_are_coloured_half_blocks_not_a_grey_ramp():
+    """textual-serve runs the app on a pipe, where textual-image would fall back to greyscale characters."""
+    from textual_image.widget import Image, UnicodeImage
+
+    from tui.widgets.picture import image_widget_class
+
+    if Image is UnicodeImage:  # stdout is not a terminal here, as under textual-serve
+        assert image_widget_class().__name__ == "HalfcellImage"
+    else:
+        assert image_widget_class() is Image

@@ -77,6 +77,28 @@ def test_labelled_grid_places_every_image_under_its_header():
     assert grid.getpixel((width - 37, height - 5)) == (0, 0, 255)
 
 
+def test_a_grid_title_wraps_to_the_grid_and_is_drawn_above_the_images():
+    from engine.grid import labelled_grid
+
+    red = Image.new("RGB", (32, 32), (255, 0, 0))
+    short = labelled_grid([[red, red]], ["a"], ["b", "c"], title="t")
+    long = labelled_grid([[red, red]], ["a"], ["b", "c"], title="a photo of sks person at age {age} · run r · step 30")
+    assert long.height > short.height and long.width == short.width  # more lines, never wider
+    top = long.crop((0, 0, long.width, long.height - 32))
+    assert any(pixel[0] < 100 for pixel in top.getdata())  # ink: the title is drawn
+
+
+def test_a_generated_grid_is_titled_with_prompt_run_step_and_seed(tmp_path):
+    from engine.generate import GenerateConfig, grid_heading
+
+    (tmp_path / "me").mkdir()
+    config = GenerateConfig(lora=tmp_path / "me", prompt="a photo of {token} {class_word} at age {age}", seed=7)
+    assert grid_heading(config, {"age": [5, 80]}) == (
+        '"a photo of {token} {class_word} at age {age}" · run me · final step · seed 7')
+    swept = grid_heading(config.model_copy(update={"step": 20}), {"seed": [1, 2]})
+    assert "step 20" in swept and "seed" not in swept.split("·")[-1]
+
+
 @pytest.mark.parametrize(("module", "expected"), [
     ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "input_blocks.4.1.transformer_blocks.0.attn1.to_q"),
     ("down_blocks.2.attentions.1.transformer_blocks.9.attn2.to_out.0", "input_blocks.8.1.transformer_blocks.9.attn2.to_out.0"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual import on
 from textual.app import App
 from textual.binding import Binding
-from textual.command import Hit, Hits, Provider
+from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from tui.engine_link import EngineLink
 from tui.messages import EngineProblem
@@ -20,7 +20,12 @@ SCREEN_TITLES = {
 
 
 class ScreenCommands(Provider):
-    """Command-palette entries: go to any screen by name."""
+    """Command-palette entries: go to any screen by name, listed before anything is typed."""
+
+    async def discover(self) -> Hits:
+        for mode, title in SCREEN_TITLES.items():
+            yield DiscoveryHit(f"Go to {title}", lambda mode=mode: self.app.switch_mode(mode),
+                               help=f"Open the {title} screen")
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)

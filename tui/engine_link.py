@@ -3,14 +3,16 @@
 Every method blocks; screens call them from worker threads. With no ``--server``, a local
 service is started in its own session (so a running job outlives the TUI) and remembered in
 ``LIKENESS_HOME/tui-service.json`` so the next start reconnects to it. That local service may
-read photos and base models anywhere under the user's home folder (``LIKENESS_PHOTO_ROOTS``,
-``LIKENESS_MODEL_ROOTS``), as a desktop program would; a shared or containerised service reads only what it is given.
+read photos in any folder the user can read (``LIKENESS_PHOTO_ROOTS=/``) and base models anywhere under
+the user's home folder (``LIKENESS_MODEL_ROOTS``), as a desktop program would; a shared or
+containerised service reads only what it is given.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,22 +35,20 @@ class EngineLink:
         self.state_file = state_file
 
     def close(self) -> None:
-        """Stop the service we started, unless a job is running (it keeps going; the next start reconnects)."""
-        if self.process is None or self.process.poll() is not None:
+        """Let go of the engine at once; a local engine no other TUI uses is stopped unless a job runs.
+
+        Quitting must never wait on the engine (it may be busy for minutes drawing a sample grid),
+        so the check and the stop happen in a small detached process.
+        """
+        if self.state_file is None:
+            return  # someone else's engine (--server): not ours to stop
+        clients = self.state_file.parent / CLIENTS
+        (clients / str(os.getpid())).unlink(missing_ok=True)
+        if live_clients(clients):
             return
-        try:
-            busy = any(job["state"] in ("running", "queued") for job in self.jobs())
-        except LikenessError:
-            busy = False
-        if busy:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        if self.state_file is not None:
-            self.state_file.unlink(missing_ok=True)
+        subprocess.Popen([sys.executable, "-m", "tui.engine_link", str(self.state_file)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
 
     def system(self) -> dict:
         return self.client.request("GET", "/system")
@@ -63,11 +63,25 @@ class EngineLink:
         """Queue the job's next attempt (`where="modal"`: on a cloud GPU); its id."""
         return self.client.resume(job_id, where)["id"]
 
+    def job(self, job_id: int) -> dict:
+        return self.client.request("GET", f"/jobs/{job_id}")
+
+    def job_log(self, job_id: int) -> str:
+        """The worker's output for the job (its log lines, and a traceback if it crashed)."""
+        return self.client.get_bytes(f"/jobs/{job_id}/log").decode(errors="replace")
+
+    def waiting_for(self, job_id: int) -> int | None:
+        """The GPU job a queued job waits behind (one runs at a time), if any."""
+        ahead = [job for job in self.jobs() if job["kind"] in ("train", "generate") and job["id"] != job_id
+                 and (job["state"] == "running" or (job["state"] == "queued" and job["id"] < job_id))]
+        return min(ahead, key=lambda job: (job["state"] != "running", job["id"]))["id"] if ahead else None
+
     def latest_train_job(self) -> dict | None:
-        """The train job to show on opening Live run: a running one, else the newest."""
+        """The train job to show on opening Live run: the running one, else the next queued, else the newest."""
         trains = [job for job in self.jobs() if job["kind"] == "train"]  # newest first
-        active = [job for job in trains if job["state"] in ("running", "queued")]
-        return (active or trains or [None])[0]
+        running = [job for job in trains if job["state"] == "running"]
+        queued = [job for job in reversed(trains) if job["state"] == "queued"]  # the next to run first
+        return (running or queued or trains or [None])[0]
 
     def events(self, job_id: int, should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, dict]]:
         """Every event of the job from its first, as (type, data), until it ends.
@@ -111,9 +125,15 @@ class EngineLink:
         body = {"lora": f"runs/{run}", "sweeps": axes, **{k: v for k, v in config.items() if v is not None}}
         return self.client.submit("generate", body)["id"]
 
-    def placement_line(self, config: dict, system: dict) -> str:
-        """Where this run would go, with the estimate, time and cost (engine.placement decides)."""
-        from engine.placement import LocalGpu, decide
+    def plan(self, config: dict, system: dict) -> tuple[dict, str]:
+        """The run as it will be sent, and where it goes, how long it takes, what it costs, what it samples.
+
+        engine.placement decides where; a run on this machine's CPU draws smaller sample grids
+        (engine.estimates.CPU_SAMPLING) unless the config says otherwise, and gets a CPU time estimate.
+        Raises pydantic's ValidationError for a config the engine would refuse.
+        """
+        from engine.estimates import CPU_SAMPLING, cpu_seconds, sampling_line
+        from engine.placement import LocalGpu, decide, model_family
         from engine.train_config import TrainConfig
 
         local = []
@@ -123,7 +143,75 @@ class EngineLink:
         train_config = TrainConfig(data=Path("."), out=Path("."), **config)
         ram = system.get("ram_available_mb")
         # The line names the savers the run will choose, so it judges a CPU run against the RAM there.
-        return decide(train_config, local_gpus=local, host_free_gib=ram / 1024 if ram else None).summary()
+        decision = decide(train_config, local_gpus=local, host_free_gib=ram / 1024 if ram else None)
+        line = decision.summary()
+        if decision.where == "local" and decision.gpu is None:
+            config = {**{k: list(v) if isinstance(v, tuple) else v for k, v in CPU_SAMPLING.items()}, **config}
+            train_config = TrainConfig(data=Path("."), out=Path("."), **config)
+            minutes = cpu_seconds(train_config, model_family(train_config)) / 60
+            line += f"\n~{minutes:.0f} min on this CPU (rough); " if minutes >= 1 else "\nunder a minute on this CPU; "
+            line += sampling_line(train_config) + " (fewer than on a GPU: a CPU draws them slowly)"
+        else:
+            line += "\n" + sampling_line(train_config)
+        return config, line
+
+
+CLIENTS = "tui-clients"  # one empty file per running TUI of this LIKENESS_HOME, named by its pid
+
+
+def live_clients(folder: Path) -> list[int]:
+    """The pids of the TUIs still running on this home's local engine (stale files are removed)."""
+    alive = []
+    for entry in folder.glob("*") if folder.is_dir() else []:
+        try:
+            pid = int(entry.name)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError):
+            entry.unlink(missing_ok=True)
+            continue
+        except PermissionError:
+            pass  # alive, another user's: count it
+        alive.append(pid)
+    return alive
+
+
+def _register(home: Path) -> None:
+    folder = home / CLIENTS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / str(os.getpid())).touch()
+
+
+def _is_our_engine(pid: int) -> bool:
+    # A recycled pid belongs to someone else: only a process running `engine serve` is ours to stop.
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"engine" in command and b"serve" in command
+
+
+def stop_if_unneeded(state_file: Path, grace_s: float = 15) -> bool:
+    """Stop the local engine in ``state_file`` when no TUI uses it and no job is queued or running."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        busy = any(job["state"] in ("running", "queued") for job in ServiceClient(state["url"]).jobs())
+    except LikenessError:
+        busy = False  # not answering: stop it all the same if it is still there
+    if busy or live_clients(state_file.parent / CLIENTS):  # a TUI may have arrived meanwhile
+        return False
+    pid = state.get("pid")
+    if pid and _is_our_engine(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while _is_our_engine(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _is_our_engine(pid):
+            os.kill(pid, signal.SIGKILL)
+    state_file.unlink(missing_ok=True)
+    return True
 
 
 def _free_port() -> int:
@@ -144,11 +232,13 @@ def connect(server: str | None, settings: Settings | None = None, wait_s: float 
     if state.is_file():
         client = ServiceClient(json.loads(state.read_text())["url"])
         if client.healthy():
+            _register(settings.home)
             return EngineLink(client, state_file=state)
     port = _free_port()
     settings.home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "LIKENESS_HOME": str(settings.home),
-           "LIKENESS_PHOTO_ROOTS": os.environ.get("LIKENESS_PHOTO_ROOTS", str(Path.home())),
+    # The user's own engine, on their own machine: it may read any folder they can (the folder picker
+    # offers them all). Confinement to LIKENESS_HOME and the photo roots is for a shared service.
+    env = {**os.environ, "LIKENESS_HOME": str(settings.home), "LIKENESS_PHOTO_ROOTS": os.path.abspath(os.sep),
            # A base model folder or .safetensors file of the user's, as --base on the command line takes.
            "LIKENESS_MODEL_ROOTS": os.environ.get("LIKENESS_MODEL_ROOTS", str(Path.home()))}
     with open(settings.home / "tui-service.log", "ab") as log:
@@ -161,7 +251,13 @@ def connect(server: str | None, settings: Settings | None = None, wait_s: float 
             raise LikenessError(f"the local engine exited; see {settings.home / 'tui-service.log'}")
         if client.healthy():
             state.write_text(json.dumps({"url": client.url, "pid": process.pid}))
+            _register(settings.home)
             return EngineLink(client, process, state)
         time.sleep(0.3)
     process.kill()
     raise LikenessError("the local engine did not start within 90 seconds")
+
+
+if __name__ == "__main__":
+    # `python -m tui.engine_link STATE_FILE`: what a quitting TUI leaves behind to stop its engine.
+    stop_if_unneeded(Path(sys.argv[1]))

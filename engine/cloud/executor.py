@@ -18,7 +18,16 @@ from pathlib import Path
 from engine.base_models import resolve_base
 from engine.cloud.client import ModalClient, RemoteCall
 from engine.errors import LikenessError, TrainingCancelled
-from engine.events import EventSink, Log, OverfittingWarning, Progress, SampleReady, Started, ignore_events
+from engine.events import (
+    EventSink,
+    Log,
+    OverfittingWarning,
+    Phase,
+    Progress,
+    SampleReady,
+    Started,
+    ignore_events,
+)
 from engine.executors import Executor
 from engine.images import image_folder, list_image_files
 from engine.run_dir import RunDir
@@ -148,6 +157,8 @@ class ModalExecutor(Executor):
                 on_event(OverfittingWarning(message["step"], message["cause"], message["message"]))
             elif kind == "started":
                 on_event(Started(message["first_step"], message["total"]))
+            elif kind == "phase":
+                on_event(Phase(message["name"], message["index"], message["total"], message["fraction"]))
             else:
                 on_event(Log(message["message"]))
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import TrainingCancelled
-from engine.events import Event, Log, OverfittingWarning, Progress, SampleReady, Started
+from engine.events import Event, Log, OverfittingWarning, Phase, Progress, SampleReady, Started
 
 CONTAINER_ROOT = "/likeness"
 STOP = "stop"  # the one control message: stop at the next step boundary
@@ -69,6 +69,9 @@ def event_to_message(event: Event, run_root: Path) -> dict[str, Any]:
         return {"kind": "overfitting", "step": event.step, "cause": event.cause, "message": event.message}
     if isinstance(event, Started):
         return {"kind": "started", "first_step": event.first_step, "total": event.total}
+    if isinstance(event, Phase):
+        return {"kind": "phase", "name": event.name, "index": event.index, "total": event.total,
+                "fraction": event.fraction}
     return {"kind": "log", "message": event.message}
 
 

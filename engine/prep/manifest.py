@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from engine.errors import LikenessError
 
 MANIFEST_VERSION = 1
 
@@ -110,6 +113,59 @@ class PrepProgress:
     total: int
 
 
+class SizeHint(BaseModel):
+    """Which training size (or upscale limit) would keep the photos rejected as too small."""
+
+    size: int = Field(description="The requested training size.")
+    too_small: int = Field(description="Photos rejected as too small at that size.")
+    keeps: int = Field(description="How many of them `suggested_size` would keep.")
+    suggested_size: int = Field(description="The largest multiple of 64 at which they would be kept.")
+    suggested_max_upscale: float | None = Field(
+        default=None, description="The upscale limit that keeps them at the requested size (None: over 8x).")
+
+    def text(self) -> str:
+        """One line a user can act on, in the CLI's words."""
+        line = (f"{self.too_small} photo{'s' if self.too_small != 1 else ''} too small for {self.size} px: "
+                f"--size {self.suggested_size} would keep {'all ' if self.keeps == self.too_small else ''}"
+                f"{self.keeps}")
+        if self.suggested_max_upscale is not None:
+            line += f" (or --max-upscale {self.suggested_max_upscale:g} at {self.size} px, softer images)"
+        return line
+
+
+def size_hint(entries: list[PhotoEntry], size: int, max_upscale: float) -> SizeHint | None:
+    """A hint when "too small" is the most common reason for rejection, else None.
+
+    A crop of side s is kept at size N when N / s <= max_upscale, so the largest N that keeps every
+    too-small photo is max_upscale times the smallest crop, rounded down to a multiple of 64.
+    """
+    rejected = [e for e in entries if e.status == "rejected"]
+    small = [e for e in rejected if e.reason == Reason.TOO_SMALL and e.upscale]
+    if not small or 2 * len(small) < len(rejected):
+        return None
+    crops = [size / e.upscale for e in small]  # type: ignore[operator]
+    suggested = max(64, int(min(crops) * max_upscale) // 64 * 64)
+    keeps = sum(suggested / crop <= max_upscale + 1e-9 for crop in crops)
+    needed = math.ceil(max(e.upscale for e in small) * 2) / 2  # type: ignore[type-var]
+    return SizeHint(size=size, too_small=len(small), keeps=keeps, suggested_size=min(suggested, size),
+                    suggested_max_upscale=needed if needed <= 8 else None)
+
+
+class NothingAccepted(LikenessError):
+    """Prep kept no photo: the one-line reason, with every file's verdict and the size hint for the caller."""
+
+    def __init__(self, message: str, entries: list[PhotoEntry], hint: SizeHint | None):
+        super().__init__(message + (f"; {hint.text()}" if hint else ""))
+        self.entries = entries
+        self.hint = hint
+
+    def event_data(self) -> dict:
+        """What a service's failed event carries, so a screen can show the table and offer the hint."""
+        return {"entries": [e.model_dump(mode="json", include={"source", "status", "reason", "detail"})
+                            for e in self.entries],
+                "hint": self.hint.model_dump(mode="json") if self.hint else None}
+
+
 class PrepReport(BaseModel):
     """What a prep run did, for printing and for callers."""
 
@@ -121,6 +177,7 @@ class PrepReport(BaseModel):
     cached: int = Field(description="Files whose analysis came from the cache.")
     seconds: float = Field(description="Wall-clock time of the run.")
     identity_photos: int = Field(description="Photos whose faces formed the identity.")
+    hint: SizeHint | None = Field(default=None, description="A size that would keep the photos rejected as too small.")
 
     @property
     def images_per_second(self) -> float:
@@ -135,6 +192,8 @@ class PrepReport(BaseModel):
             f"accepted {self.accepted}, rejected {sum(self.rejected.values())}",
         ]
         lines += [f"  {reason}: {count}" for reason, count in sorted(self.rejected.items(), key=lambda kv: -kv[1])]
+        if self.hint is not None:
+            lines.append(f"hint: {self.hint.text()}")
         lines.append(f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/second")
         lines.append(f"dataset: {self.dataset}")
         return "\n".join(lines)

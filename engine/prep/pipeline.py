@@ -29,7 +29,15 @@ from engine.prep.cropping import face_crop_box, upscale_needed
 from engine.prep.faces import resolve_detector
 from engine.prep.identity import Identity, cluster_identity, reference_identity, save_identity
 from engine.prep.loading import decode_photo
-from engine.prep.manifest import Manifest, PhotoEntry, PrepProgress, PrepReport, Reason
+from engine.prep.manifest import (
+    Manifest,
+    NothingAccepted,
+    PhotoEntry,
+    PrepProgress,
+    PrepReport,
+    Reason,
+    size_hint,
+)
 from engine.prep.quality import near_duplicates
 from engine.prep.report import SheetTile, contact_sheet
 from engine.prep.sources import PhotoSource, SourceRejected, find_photos, read_source
@@ -70,9 +78,10 @@ def prepare_photos(config: PrepConfig, on_progress: ProgressCallback | None = No
 
     accepted = [i for i, e in enumerate(entries) if e.status == "accepted"]
     rejected = Counter(str(e.reason) for e in entries if e.status == "rejected")
+    hint = size_hint(entries, config.size, config.max_upscale)
     if not accepted:
         reasons = ", ".join(f"{n} {reason}" for reason, n in rejected.most_common())
-        raise LikenessError(f"no photo was accepted out of {len(entries)} ({reasons})")
+        raise NothingAccepted(f"no photo was accepted out of {len(entries)} ({reasons})", entries, hint)
 
     manifest = Manifest(
         photos=str(photos),
@@ -97,6 +106,7 @@ def prepare_photos(config: PrepConfig, on_progress: ProgressCallback | None = No
         cached=cached,
         seconds=time.perf_counter() - started,
         identity_photos=identity.photos,
+        hint=hint,
     )
 
 

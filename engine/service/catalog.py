@@ -132,7 +132,8 @@ def run_summary(home: Path, folder: Path) -> RunSummary:
         base=base.get("spec") if isinstance(base, dict) else base,
         steps=record.get("steps"), steps_done=record.get("steps_done"),
         lora_rank=record.get("lora_rank"), lora_alpha=record.get("lora_alpha"),
-        lr=config.get("lr"), resolution=config.get("resolution"), batch_size=config.get("batch_size"),
+        lr=config.get("lr"), resolution=config.get("resolution"), dataset=_dataset_name(home, record.get("dataset")),
+        batch_size=config.get("batch_size"),
         seed=record.get("seed"), token=config.get("token"), class_word=config.get("class_word"),
         num_images=record.get("num_images"), final_loss=record.get("final_loss"),
         identity_score_last_grid=record.get("identity_score_last_grid"),
@@ -147,6 +148,11 @@ def run_summary(home: Path, folder: Path) -> RunSummary:
         lora_url=f"/runs/{quote(folder.name)}/lora" if (folder / LORA_FILENAME).is_file() else None,
         latest_sample_url=file_url(home, samples[-1]) if samples else None,
     )
+
+
+def _dataset_name(home: Path, dataset: str | None) -> str | None:
+    """datasets/me for a dataset in the home, runs/r/dataset for one prep made for the run, else its path."""
+    return relative(home, dataset) if dataset else None
 
 
 def list_runs(home: Path) -> list[RunSummary]:

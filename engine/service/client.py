@@ -134,7 +134,7 @@ def _parse_sse(response) -> Iterator[dict[str, Any]]:
 
 def engine_event(event: dict[str, Any]):
     """A stored event as the engine's event dataclass, for TerminalProgress; None if it has none."""
-    from engine.events import Log, OverfittingWarning, Progress, SampleReady, Started
+    from engine.events import Log, OverfittingWarning, Phase, Progress, SampleReady, Started
 
     data, kind = event["data"], event["type"]
     if kind == "started":
@@ -149,6 +149,8 @@ def engine_event(event: dict[str, Any]):
         return OverfittingWarning(data["step"], data["cause"], data["message"])
     if kind == "log":
         return Log(data["message"])
+    if kind == "phase":
+        return Phase(data["name"], data.get("index", 0), data.get("total", 0), data.get("fraction"))
     if kind in ("queued", "running"):
         return Log(f"job {event['job_id']} {kind} (attempt {data.get('attempt', 1)})")
     return None

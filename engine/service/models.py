@@ -29,6 +29,7 @@ EventType = Literal[
     "running",  # a worker process took it
     "started",  # models loaded, the loop begins: first_step, total
     "progress",  # step, total, loss, lr, seconds_per_step, eta_seconds (prep: stage too)
+    "phase",  # name (loading, caching, sampling, training), index and total of a grid, fraction drawn, text
     "sample_ready",  # step, path, url, identity_score, likeness, memorisation, variety, recommended_step
     "overfitting",  # step, cause (memorisation or likeness), message: the one-line warning and what to do
     "log",  # message
@@ -175,6 +176,7 @@ class RunSummary(BaseModel):
     lora_alpha: float | None = None
     lr: float | None = None
     resolution: int | None = None
+    dataset: str | None = Field(default=None, description="The dataset it trained on (relative to LIKENESS_HOME if inside it).")
     batch_size: int | None = None
     seed: int | None = None
     token: str | None = None

@@ -333,7 +333,7 @@ class EventRecorder:
         self.cancel_on_progress = cancel_on_progress
 
     def __call__(self, event) -> None:
-        from engine.events import Log, OverfittingWarning, Progress, SampleReady, Started
+        from engine.events import Log, OverfittingWarning, Phase, Progress, SampleReady, Started
 
         if isinstance(event, Progress):
             self.queue.add_event(self.job.id, "progress", {
@@ -353,6 +353,12 @@ class EventRecorder:
                                                               "message": event.message})
         elif isinstance(event, Started):
             self.queue.add_event(self.job.id, "started", {"first_step": event.first_step, "total": event.total})
+        elif isinstance(event, Phase):
+            self.queue.add_event(self.job.id, "phase", {"name": event.name, "index": event.index,
+                                                        "total": event.total, "fraction": event.fraction,
+                                                        "text": event.describe()})
+            if event.fraction is None:  # a new phase, not a grid's progress: worth a line in the job's log
+                print(f"{_now()} {event.describe()}", flush=True)
         elif isinstance(event, Log):
             print(f"{_now()} {event.message}", flush=True)
             self.queue.add_event(self.job.id, "log", {"message": event.message})
@@ -464,6 +470,8 @@ def run_job(job_id: int, service_pid: int) -> int:
             out.write(traceback.format_exc())
         elif isinstance(error, LikenessError):
             reason = str(error)
+            # Some failures carry what a screen needs to help (prep's per-photo verdicts and size hint).
+            data.update(getattr(error, "event_data", dict)())
             if isinstance(error, OutOfGpuMemory):
                 # Not a crash: the run is whole up to its last checkpoint. The event says so, and the TUI
                 # offers to resume it on a cloud GPU (POST /jobs/{id}/resume {"where": "modal"}).

@@ -72,6 +72,12 @@ def _readable(home: Path, roots: tuple[Path, ...], value: Path, field: str) -> P
         target = Path(os.path.realpath(value))
         if any(target.is_relative_to(os.path.realpath(root)) for root in roots):
             return target
+        if not target.is_relative_to(os.path.realpath(home)):
+            # Say what is allowed and how to widen it, not only where the path is not.
+            allowed = ", ".join(str(r) for r in (home, *roots))
+            raise InvalidField(field, f"{value} is outside the folders this engine may read photos from "
+                                      f"({allowed}); add its folder to LIKENESS_PHOTO_ROOTS (separated by "
+                                      f"'{os.pathsep}') and restart the engine, or copy the photos into {home}")
     return _inside(home, value, field)
 
 

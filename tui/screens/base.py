@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,20 +39,85 @@ class EngineScreen(Screen):
             refresh()
 
     @work(thread=True, exit_on_error=False, group="engine-call")
-    def call_engine(self, function: Callable[[], Any], then: Callable[[Any], None]) -> None:
-        """Run ``function`` in a thread; hand its result to ``then`` on the UI thread."""
-        result = function()
+    def call_engine(self, function: Callable[[], Any], then: Callable[[Any], None],
+                    failed: Callable[[str], None] | None = None) -> None:
+        """Run ``function`` in a thread; hand its result to ``then`` (or its one-line error to ``failed``)."""
+        worker = get_current_worker()
+        try:
+            result = wait_or_abandon(function, worker)
+        except Abandoned:
+            return
+        except Exception as error:
+            if failed is not None:
+                self.app.call_from_thread(failed, one_line(error))
+            raise
         self.app.call_from_thread(then, result)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="job-events")
     def stream_job(self, job_id: int) -> None:
         """Post every event of ``job_id`` to this screen until the job ends or another stream replaces it."""
         current = get_current_worker()
-        for event_kind, data in self.link.events(job_id, should_stop=lambda: current.is_cancelled):
-            self.post_message(JobEvent(job_id, event_kind, data))
+        events: queue.Queue = queue.Queue(maxsize=1000)
+
+        def read() -> None:
+            try:
+                for item in self.link.events(job_id, should_stop=lambda: current.is_cancelled):
+                    events.put(item)
+            except Exception as error:  # handed to the worker, which reports it in the one place
+                events.put(error)
+            finally:
+                events.put(None)
+
+        # The blocking read (an event stream that may be quiet for minutes) is a daemon thread the
+        # worker can walk away from; see wait_or_abandon.
+        threading.Thread(target=read, name=f"job-{job_id}-events", daemon=True).start()
+        while not current.is_cancelled:
+            try:
+                item = events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            self.post_message(JobEvent(job_id, *item))
 
     @on(Worker.StateChanged)
     def _worker_failed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:
-            error = event.worker.error
-            self.post_message(EngineProblem(str(error).splitlines()[0] if str(error) else type(error).__name__))
+            self.post_message(EngineProblem(one_line(event.worker.error)))
+
+
+class Abandoned(Exception):
+    """The worker was cancelled (the app is quitting) before the engine answered."""
+
+
+def one_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def wait_or_abandon(function: Callable[[], Any], worker: Worker) -> Any:
+    """``function()``, run in a daemon thread that is left behind if ``worker`` is cancelled first.
+
+    Textual's thread workers run on asyncio's default executor, and on quitting ``asyncio.run`` waits
+    for that executor (up to 300 s): one call stuck on an engine busy drawing a sample grid kept the
+    terminal blank for minutes. Here the worker itself only waits, and stops waiting when cancelled.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["result"] = function()
+        except BaseException as error:
+            box["error"] = error
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="engine-call", daemon=True).start()
+    while not done.wait(0.1):
+        if worker.is_cancelled:
+            raise Abandoned()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

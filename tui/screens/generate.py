@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
@@ -24,30 +25,40 @@ def parse_sweeps(text: str) -> list[str]:
 
 
 class GenerateScreen(EngineScreen):
-    BINDINGS = [("g", "generate", "Generate"), ("c", "copy_path", "Copy grid path"), ("r", "refresh", "Refresh")]
+    BINDINGS = [("g", "generate", "Generate"), Binding("f", "full_screen", "Full screen"),
+                ("c", "copy_path", "Copy grid path"), ("r", "refresh", "Refresh")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.job_id: int | None = None
+        self.state: str | None = None
 
     def compose(self) -> ComposeResult:
         yield from self.compose_frame()
-        with Vertical(classes="panel"):
-            yield Label("Generate", classes="panel--title")
-            with Horizontal(classes="form"):
-                yield Label("Run")
-                yield Select([], prompt="train one first (2)", id="run")
-                yield Label("Checkpoint step")
-                yield Input(placeholder="final", id="step", type="integer")
-                yield Label("Preset")
-                yield Select([("age 5 → 80", "age"), ("strength 0 → 1", "strength"),
-                              ("temperature 0 → 1", "temperature")], value="age", allow_blank=False, id="preset")
-                yield Label("Steps")
-                yield Input("30", id="steps", type="integer")
-            yield Input(PRESETS["age"][0], id="prompt", placeholder="prompt template with {placeholders}")
-            yield Input(PRESETS["age"][1], id="sweeps", placeholder="age=5,10; lora_scale=0,1")
-            with Horizontal(classes="buttons"):
-                yield Button("Generate", variant="primary", id="generate")
+        with Horizontal():
+            with Vertical(classes="panel side"):
+                yield Label("Generate", classes="panel--title")
+                with Vertical(classes="stack"):
+                    yield Label("Run")
+                    yield Select([], prompt="train one first (2)", id="run")
+                    yield Label("Checkpoint step (empty: the final LoRA)")
+                    yield Input(placeholder="final", id="step", type="integer")
+                    yield Label("Preset")
+                    yield Select([("age 5 → 80", "age"), ("strength 0 → 1", "strength"),
+                                  ("temperature 0 → 1", "temperature")], value="age", allow_blank=False,
+                                 id="preset")
+                    yield Label("Denoising steps")
+                    yield Input("30", id="steps", type="integer")
+                    yield Label("Prompt template")
+                    yield Input(PRESETS["age"][0], id="prompt", placeholder="prompt template with {placeholders}")
+                    yield Label("Sweeps")
+                    yield Input(PRESETS["age"][1], id="sweeps", placeholder="age=5,10; lora_scale=0,1")
+                with Horizontal(classes="buttons"):
+                    yield Button("Generate", variant="primary", id="generate")
                 yield ProgressBar(total=100, id="progress")
-            yield Input("", id="grid-path", placeholder="the grid's path appears here", disabled=False)
-            yield Static("", id="status", classes="status")
-        yield Picture("the grid appears here when it is done", id="grid")
+                yield Static("", id="status", classes="status")
+                yield Input("", id="grid-path", placeholder="the grid's path appears here", disabled=False)
+            yield Picture("the grid appears here when it is done (f: full screen)", id="grid")
         yield from self.compose_footer()
 
     def action_refresh(self) -> None:
@@ -70,25 +81,52 @@ class GenerateScreen(EngineScreen):
         self.query_one("#prompt", Input).value = prompt
         self.query_one("#sweeps", Input).value = sweeps
 
+    def _status(self, text: str) -> None:
+        self.query_one("#status", Static).update(text)
+
     @on(Button.Pressed, "#generate")
     def action_generate(self) -> None:
-        run = self.query_one("#run", Select).value
-        if run is Select.BLANK or run is None:
-            self.notify("choose a finished run", severity="warning")
+        select = self.query_one("#run", Select)
+        if select.is_blank():
+            self.notify("choose a finished run (train one on the Train screen, 2)", severity="warning")
             return
+        run = str(select.value)
         step = self.query_one("#step", Input).value.strip()
-        config = {"prompt": self.query_one("#prompt", Input).value,
-                  "steps": int(self.query_one("#steps", Input).value or 30),
+        steps = self.query_one("#steps", Input).value.strip()
+        if not steps.isdigit() or (step and not step.isdigit()):
+            self.notify("Denoising steps and Checkpoint step must be whole numbers", severity="error")
+            return
+        config = {"prompt": self.query_one("#prompt", Input).value, "steps": int(steps),
                   "step": int(step) if step else None}
         sweeps = parse_sweeps(self.query_one("#sweeps", Input).value)
-        self.query_one("#status", Static).update("generating…")
-        self.call_engine(lambda: self.link.generate(str(run), config, sweeps), self.stream_job)
+        self.job_id, self.state = None, None
+        self.query_one("#progress", ProgressBar).update(total=100, progress=0)
+        self._status(f"sending the request for {run}…")
+        self.call_engine(lambda: self.link.generate(run, config, sweeps), self._submitted,
+                         lambda error: self._status(f"not started: {error}"))
+
+    def _submitted(self, job_id: int) -> None:
+        self.job_id = job_id
+        self._status(f"job {job_id} submitted")
+        self.stream_job(job_id)
 
     @on(JobEvent)
     def job_event(self, event: JobEvent) -> None:
-        if event.kind == "progress":
+        if event.job_id != self.job_id:
+            return
+        if event.kind == "queued":
+            self.state = "queued"
+            self._status(f"job {event.job_id} queued")
+            job_id = event.job_id
+            self.call_engine(lambda: self.link.waiting_for(job_id), self._show_waiting)
+        elif event.kind == "running":
+            self.state = "running"
+            self._status(f"job {event.job_id} running: loading the models…")
+        elif event.kind == "progress":
             self.query_one("#progress", ProgressBar).update(total=event.data["total"], progress=event.data["step"])
+            self._status(f"job {event.job_id} running: image {event.data['step']}/{event.data['total']}")
         elif event.kind == "done":
+            self.state = "done"
             grids = (event.data.get("result") or {}).get("grids") or []
             if grids:
                 home = getattr(self, "engine_home", None)
@@ -96,9 +134,18 @@ class GenerateScreen(EngineScreen):
                 self.query_one("#grid-path", Input).value = f"{home}/{path}" if home else path
                 self.call_engine(lambda: self.link.file_bytes(grids[0]["url"]),
                                  lambda data: self.query_one("#grid", Picture).show(data))
-            self.query_one("#status", Static).update(f"done: {len(grids)} grid(s); c copies the path")
+            self._status(f"job {event.job_id} done: {len(grids)} grid(s); f shows it full-screen, c copies its path")
         elif event.kind in ("failed", "cancelled", "interrupted"):
-            self.query_one("#status", Static).update(f"{event.kind}: {event.data.get('reason', '')}")
+            self.state = event.kind
+            self._status(f"job {event.job_id} {event.kind}: {event.data.get('reason', '')}")
+
+    def _show_waiting(self, ahead: int | None) -> None:
+        if self.state == "queued":
+            self._status(f"job {self.job_id} queued behind job {ahead} (one GPU job at a time)" if ahead
+                         else f"job {self.job_id} queued: starting…")
+
+    def action_full_screen(self) -> None:
+        self.query_one("#grid", Picture).action_full_screen()
 
     def action_copy_path(self) -> None:
         path = self.query_one("#grid-path", Input).value

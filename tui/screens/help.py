@@ -15,13 +15,14 @@ From a photo folder to pictures of one person, in five screens:
 
 | key | screen | what it does |
 |---|---|---|
-| `1` | **Photos** | pick a folder or .zip, find and crop the person's face, see what was kept and why the rest was not |
-| `2` | **Train** | pick the dataset and a preset (*Quick*: 500 steps, rank 16; *Large*: 1,500 steps, rank 32) and start |
-| `3` | **Live run** | progress, loss, the newest sample grid (`[` / `]` for earlier ones), log; Cancel / Resume; Continue on Modal (`m`) after an out-of-memory |
-| `4` | **Generate** | sweep age, LoRA strength, temperature…; the grid appears when done (`c` copies its path) |
-| `5` | **Runs** | compare runs: images, steps, GPU, rank, time, cost, memory, loss; `space` marks two to see side by side |
+| `1` | **Photos** | type or paste a folder or .zip and press enter (or `b` to browse); see every photo's verdict; `u` takes the size hint when photos are too small |
+| `2` | **Train** | pick the dataset and a preset (*Quick*: 500 steps, rank 16; *Large*: 1,500 steps, rank 32) or your own numbers; the line below says where it runs, how long, what it costs; `s` starts |
+| `3` | **Live run** | the job you follow (`j` picks another), its phase, progress and ETA, the newest sample grid (`[` / `]` for earlier ones, `f` full-screen), loss and log; Cancel / Resume; Continue on Modal (`m`) after an out-of-memory |
+| `4` | **Generate** | sweep age, LoRA strength, temperature…; the grid appears when done (`f` full-screen, `c` copies its path) |
+| `5` | **Runs** | compare runs: dataset, resolution, status, images, steps, GPU, rank, time, cost, memory, loss; `space` marks two to see side by side |
 
-`ctrl+p` opens the command palette; `q` quits (a running job keeps going in the engine).
+`escape` leaves a text field, so the keys above work again. `ctrl+p` opens the command palette; `q`
+quits at once (a running job keeps going in the engine, and the next `likeness` shows it).
 
 *lora_scale* 0 is the base model, 1 the trained LoRA. *temperature* 0 is deterministic sampling
 (DDIM, the "safe" picture), 1 the most varied.

@@ -1,18 +1,23 @@
-"""Runs: the seed's comparison table (images, steps, GPU, rank, time, cost) plus memory, loss and likeness:
-the best likeness of any sample grid, its step, and how much that step copies the training photos."""
+"""Runs: the seed's comparison table (images, steps, GPU, rank, time, cost) plus what each run trained on,
+its state, memory, loss and likeness: the best likeness of any sample grid, its step, and how much that
+step copies the training photos. Mark two runs to see their newest grids side by side."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Static
 
 from tui.screens.base import EngineScreen
 from tui.widgets.picture import Picture
 
-COLUMNS = ("run", "training images", "steps", "GPU", "LoRA rank", "training time", "cost", "peak memory",
-           "final loss", "face distance", "best likeness", "at step", "memorisation")
+COLUMNS = ("run", "status", "dataset", "resolution", "training images", "steps", "GPU", "LoRA rank",
+           "training time", "cost", "peak memory", "final loss", "face distance", "best likeness", "at step",
+           "memorisation")
+MARKED_STYLE = "bold reverse"
 
 
 def run_row(run: dict) -> tuple[str, ...]:
@@ -24,7 +29,8 @@ def run_row(run: dict) -> tuple[str, ...]:
     minutes = None if wall is None else wall / 60
     cost = run.get("cost_usd")
     return (
-        run["name"], fmt(run.get("num_images")), fmt(run.get("steps")),
+        run["name"], run.get("status") or "–", run.get("dataset") or "–", fmt(run.get("resolution"), "", " px"),
+        fmt(run.get("num_images")), fmt(run.get("steps")),
         run.get("gpu_name") or run.get("device") or "–", fmt(run.get("lora_rank")),
         fmt(minutes, ".1f", " min"), "–" if cost is None else f"${cost:.2f}",
         fmt(run.get("peak_memory_mb"), ",.0f", " MB"), fmt(run.get("final_loss"), ".4f"),
@@ -35,16 +41,21 @@ def run_row(run: dict) -> tuple[str, ...]:
 
 
 class RunsScreen(EngineScreen):
-    BINDINGS = [("space", "mark", "Mark for side by side"), ("r", "refresh", "Refresh")]
+    BINDINGS = [Binding("space", "mark", "Mark for side by side"), ("r", "refresh", "Refresh"),
+                ("f", "full_screen", "Full screen")]
+    # Down and space act on the table from the moment the screen opens.
+    AUTO_FOCUS = "#runs"
 
     def __init__(self) -> None:
         super().__init__()
         self.marked: list[str] = []
+        self.runs: dict[str, dict] = {}
 
     def compose(self) -> ComposeResult:
         yield from self.compose_frame()
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        yield Static("space marks a run; mark two to see their newest sample grids side by side", id="hint",
+        yield Static("space marks a run (marked rows are highlighted); mark two to see their newest sample grids "
+                     "side by side; f shows the second full-screen (tab to a grid, enter: that one)", id="hint",
                      classes="status")
         with Horizontal():
             yield Picture("first marked run", id="grid-left")
@@ -59,18 +70,44 @@ class RunsScreen(EngineScreen):
 
     def _show(self, runs: list[dict]) -> None:
         self.runs = {r["name"]: r for r in runs}
-        table = self.query_one("#runs", DataTable)
-        table.clear()
-        for run in runs:
-            table.add_row(*run_row(run), key=run["name"])
+        self.marked = [name for name in self.marked if name in self.runs]
+        self._fill()
 
-    def action_mark(self) -> None:
+    def _fill(self) -> None:
+        """Rebuild the rows, keeping the cursor on the run it was on and the focus on the table."""
+        table = self.query_one("#runs", DataTable)
+        current = self._cursor_run()
+        table.clear()
+        for run in self.runs.values():
+            cells = run_row(run)
+            if run["name"] in self.marked:
+                cells = tuple(Text(cell, style=MARKED_STYLE) for cell in cells)
+            table.add_row(*cells, key=run["name"])
+        if current in self.runs:
+            table.move_cursor(row=table.get_row_index(current))
+        if self.focused is None:
+            table.focus()
+
+    def _cursor_run(self) -> str | None:
         table = self.query_one("#runs", DataTable)
         if not table.row_count:
+            return None
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+    def action_mark(self) -> None:
+        name = self._cursor_run()
+        if name is None:
+            self.notify("no runs yet: train one on the Train screen (2)", severity="warning")
             return
-        name = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        self.marked = [n for n in self.marked if n != name][-1:] + [name]
-        self.query_one("#hint", Static).update("side by side: " + " | ".join(self.marked))
+        if name in self.marked:
+            self.marked.remove(name)
+        else:
+            self.marked = self.marked[-1:] + [name]
+        self._fill()
+        self.query_one("#hint", Static).update("side by side: " + " | ".join(self.marked) if self.marked
+                                               else "space marks a run; mark two to compare their grids")
+        for picture_id in ("#grid-left", "#grid-right"):
+            self.query_one(picture_id, Picture).show(None, "mark a run (space)")
         for picture_id, run_name in zip(("#grid-left", "#grid-right"), self.marked, strict=False):
             grid = self.runs[run_name].get("latest_sample_url")
             if grid:
@@ -78,6 +115,10 @@ class RunsScreen(EngineScreen):
                                  lambda data, picture_id=picture_id: self.query_one(picture_id, Picture).show(data))
             else:
                 self.query_one(picture_id, Picture).show(None, f"{run_name}: no sample grid")
+
+    def action_full_screen(self) -> None:
+        right = self.query_one("#grid-right", Picture)
+        (right if right.image is not None else self.query_one("#grid-left", Picture)).action_full_screen()
 
     @on(DataTable.RowSelected)
     def selected(self) -> None:

@@ -16,6 +16,39 @@ PRESETS = {
     "large": {"steps": 1500, "rank": 32, "lr": 1e-4, "resolution": 1024, "sample_every": 250},
 }
 FIELDS = ("steps", "rank", "lr", "resolution", "sample_every")
+LABELS = {"steps": "Steps", "rank": "LoRA rank", "lr": "Learning rate", "resolution": "Resolution",
+          "sample_every": "Sample every", "base": "Base model", "token": "Token", "class_word": "Class word"}
+
+
+class FieldError(ValueError):
+    """A form field that does not hold what the engine needs, named as the form names it."""
+
+
+def run_name(dataset: str | None, preset: str) -> str:
+    """The name a run gets when the Run name field is left empty (and its placeholder)."""
+    return f"{dataset or 'me'}-{preset}"
+
+
+def matching_preset(values: dict[str, str]) -> str:
+    """The preset whose numbers the fields hold, else custom."""
+    for name, preset in PRESETS.items():
+        try:
+            if all(float(values[field]) == float(preset[field]) for field in FIELDS):
+                return name
+        except ValueError:
+            break
+    return "custom"
+
+
+def field_error(error: Exception) -> str:
+    """A pydantic ValidationError as one line naming the form field."""
+    errors = getattr(error, "errors", None)
+    if errors is None:
+        return str(error)
+    first = errors()[0]
+    field = str(first["loc"][0]) if first.get("loc") else ""
+    message = first.get("msg", "").removeprefix("Value error, ")
+    return f"{LABELS.get(field, field)}: {message}" if field else message
 
 
 class TrainScreen(EngineScreen):
@@ -35,7 +68,7 @@ class TrainScreen(EngineScreen):
                               ("Large: ~1,500 photos, 1,500 steps, rank 32", "large"),
                               ("Custom", "custom")], value="quick", allow_blank=False, id="preset")
                 yield Label("Run name")
-                yield Input(placeholder="me-quick", id="name")
+                yield Input(placeholder=run_name(None, "quick"), id="name")
                 yield Label("Token")
                 yield Input("sks", id="token")
                 yield Label("Class word")
@@ -68,58 +101,106 @@ class TrainScreen(EngineScreen):
         select.set_options([(f"{d['name']} ({d.get('accepted', '?')} photos)", d["name"]) for d in datasets])
         if current in {d["name"] for d in datasets}:
             select.value = current
+        elif len(datasets) == 1:
+            select.value = datasets[0]["name"]  # the only one there is: nothing to choose
 
     def _show_system(self, system: dict) -> None:
         self.system = system
         self._update_placement()
 
+    def _dataset(self) -> str | None:
+        select = self.query_one("#dataset", Select)
+        return None if select.is_blank() else str(select.value)
+
+    def _preset(self) -> str:
+        return str(self.query_one("#preset", Select).value)
+
     @on(Select.Changed, "#preset")
     def preset_changed(self, event: Select.Changed) -> None:
         preset = PRESETS.get(str(event.value))
-        if preset is None:
-            return
-        for field in FIELDS:
-            self.query_one(f"#{field}", Input).value = str(preset[field])
+        if preset is not None:
+            for field in FIELDS:
+                self.query_one(f"#{field}", Input).value = str(preset[field])
+        self._update_name()
         self._update_placement()
 
+    @on(Select.Changed, "#dataset")
+    def dataset_changed(self) -> None:
+        self._update_name()
+
     @on(Input.Changed)
-    def _inputs_changed(self, event: Input.Changed) -> None:
-        if event.input.id in FIELDS:
+    @on(Select.Changed, "#class_word")
+    @on(Checkbox.Changed)
+    def _inputs_changed(self, event) -> None:
+        field = getattr(getattr(event, "input", None), "id", None)
+        if field in FIELDS:
+            # The preset's label must not claim numbers the fields no longer hold.
+            values = {f: self.query_one(f"#{f}", Input).value for f in FIELDS}
+            preset = self.query_one("#preset", Select)
+            if self._preset() != matching_preset(values):
+                with self.prevent(Select.Changed):
+                    preset.value = matching_preset(values)
+                self._update_name()
+        if field != "name":
             self._update_placement()
 
+    def _update_name(self) -> None:
+        self.query_one("#name", Input).placeholder = run_name(self._dataset(), self._preset())
+
     def config(self) -> dict:
-        values = {field: self.query_one(f"#{field}", Input).value for field in FIELDS}
+        """The form as the engine's train config; FieldError names the field that is not a number."""
+        values = {}
+        for field in FIELDS:
+            text = self.query_one(f"#{field}", Input).value.strip()
+            kind = float if field == "lr" else int
+            try:
+                values[field] = kind(text)
+            except ValueError:
+                raise FieldError(f"{LABELS[field]} must be a {'number' if kind is float else 'whole number'}"
+                                 f"{f', not {text!r}' if text else ''}") from None
         return {
             "base": self.query_one("#base", Input).value.strip(),
             "token": self.query_one("#token", Input).value.strip(),
             "class_word": self.query_one("#class_word", Select).value,
-            "steps": int(values["steps"] or 0), "rank": int(values["rank"] or 0), "lr": float(values["lr"] or 0),
-            "resolution": int(values["resolution"] or 0), "sample_every": int(values["sample_every"] or 0),
+            **values,
             # A checkpoint with every sample grid: Cancel, then Resume, loses at most that much.
-            "checkpoint_every": int(values["sample_every"] or 0),
+            "checkpoint_every": values["sample_every"],
             "prior_preservation": self.query_one("#prior_preservation", Checkbox).value,
         }
 
+    def _plan(self) -> tuple[dict, str]:
+        """The config to send and the placement line; raises FieldError naming the field at fault."""
+        from pydantic import ValidationError
+
+        from engine.errors import LikenessError
+
+        config = self.config()
+        try:
+            return self.link.plan(config, getattr(self, "system", {}))
+        except ValidationError as error:
+            raise FieldError(field_error(error)) from None
+        except LikenessError as error:
+            raise FieldError(str(error)) from None
+
     def _update_placement(self) -> None:
-        system = getattr(self, "system", None)
-        if system is None:
+        if getattr(self, "system", None) is None:
             return
         try:
-            line = self.link.placement_line(self.config(), system)
-        except (ValueError, KeyError):
-            line = "fill in the numbers to see where this run goes"
+            _, line = self._plan()
+        except FieldError as error:
+            line = f"[b]cannot start yet:[/b] {error}"
         self.query_one("#placement", Static).update(line)
 
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
-        dataset = self.query_one("#dataset", Select).value
-        if dataset is Select.BLANK or dataset is None:
+        dataset = self._dataset()
+        if dataset is None:
             self.notify("choose a dataset (prepare one on the Photos screen, key 1)", severity="warning")
             return
         try:
-            config = self.config()
-        except ValueError:
-            self.notify("steps, rank, resolution and sample every must be whole numbers", severity="error")
+            config, _ = self._plan()
+        except FieldError as error:
+            self.notify(str(error), severity="error")
             return
-        name = self.query_one("#name", Input).value.strip() or f"{dataset}-{self.query_one('#preset', Select).value}"
-        self.call_engine(lambda: self.link.train(str(dataset), name, config), self.app.watch_job)
+        name = self.query_one("#name", Input).value.strip() or run_name(dataset, self._preset())
+        self.call_engine(lambda: self.link.train(dataset, name, config), self.app.watch_job)

@@ -1,0 +1,68 @@
+"""How long a run will take, and how long it has left, counting the sample grids as well as the steps.
+
+The trainer reports an ETA with every step; the Train screen quotes a CPU run's time before it
+starts. Both count sample grids, which on a CPU can take longer than all the steps together.
+"""
+
+from __future__ import annotations
+
+from engine.train_config import DEFAULT_VALIDATION_PROMPTS, TrainConfig
+
+# Measured here (2 shared CPU cores, tiny model, one torch thread): a step takes 0.3-0.5 s at 64 px
+# and 0.12 s at 128 px unloaded (bench/results), a sample image about 0.07 s per denoising step at
+# 64 px with its face scoring; mostly overhead at these sizes, so a floor plus a part that scales with
+# the pixels. SDXL on a CPU is rough (community reports: about a minute a step at 1024 px).
+# Per family: (s/step floor, s/step at 1024 px, s per sample denoising step floor, same at 1024 px,
+# fixed seconds for loading and caching).
+_CPU_SECONDS = {"tiny": (0.3, 2.0, 0.06, 0.5, 10.0), "sdxl": (0.0, 60.0, 0.0, 8.0, 120.0)}
+
+# A CPU draws each sample image step by step: fewer prompts, one seed and fewer denoising steps keep
+# a grid to seconds for the tiny model instead of minutes (the user can still ask for more).
+CPU_SAMPLING = {"sample_steps": 8, "sample_seeds": (0,), "validation_prompts": DEFAULT_VALIDATION_PROMPTS[:2]}
+
+
+def grids_in_run(config: TrainConfig) -> int:
+    """Sample grids a whole run draws: step 0, every ``sample_every`` steps, and the last step."""
+    if not config.sample_every:
+        return 0
+    return 1 + config.steps // config.sample_every + (1 if config.steps % config.sample_every else 0)
+
+
+def grid_number(config: TrainConfig, step: int) -> int:
+    """Which grid (1-based) the one at ``step`` is."""
+    every = config.sample_every
+    return 1 + step // every + (1 if step % every else 0)
+
+
+def grids_after(config: TrainConfig, step: int) -> int:
+    """Sample grids still to draw once ``step`` and its grid (if it has one) are done."""
+    if not config.sample_every:
+        return 0
+    every = config.sample_every
+    drawn = 1 + step // every + (1 if step == config.steps and step % every else 0)
+    return grids_in_run(config) - drawn
+
+
+def eta_seconds(seconds_per_step: float, steps_left: int, seconds_per_grid: float | None, grids_left: int) -> float:
+    """Time left: the steps at the recent pace, plus the grids at the last grid's pace."""
+    return seconds_per_step * steps_left + (seconds_per_grid or 0.0) * grids_left
+
+
+def cpu_seconds(config: TrainConfig, family: str) -> float:
+    """A rough wall time for ``config`` on this machine's CPU, sample grids included."""
+    step_floor, step_1024, sample_floor, sample_1024, fixed = _CPU_SECONDS.get(family, _CPU_SECONDS["sdxl"])
+    pixels = (config.resolution / 1024) ** 2
+    images = config.batch_size + (1 if config.prior_preservation else 0)
+    per_step = (step_floor + step_1024 * pixels) * images
+    per_sample_step = sample_floor + sample_1024 * pixels
+    per_grid = len(config.validation_prompts) * len(config.sample_seeds) * config.sample_steps * per_sample_step
+    return fixed + config.steps * per_step + grids_in_run(config) * per_grid
+
+
+def sampling_line(config: TrainConfig) -> str:
+    """What each sample grid holds, in a few words."""
+    if not config.sample_every:
+        return "no sample grids"
+    return (f"{grids_in_run(config)} sample grids of {len(config.validation_prompts)} prompts × "
+            f"{len(config.sample_seeds)} seed{'s' if len(config.sample_seeds) != 1 else ''}, "
+            f"{config.sample_steps} steps each")

@@ -1,0 +1,41 @@
+"""The time left and the time a CPU run will take count the sample grids, not only the steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.estimates import CPU_SAMPLING, cpu_seconds, eta_seconds, grid_number, grids_after, grids_in_run
+from engine.events import Phase
+from engine.train_config import TrainConfig
+
+
+def config(**values) -> TrainConfig:
+    return TrainConfig(data=Path("."), out=Path("."), base="tiny", **values)
+
+
+def test_grids_are_counted_from_step_zero_to_the_last_step():
+    run = config(steps=10, sample_every=4)  # grids at 0, 4, 8 and 10
+    assert grids_in_run(run) == 4
+    assert [grid_number(run, s) for s in (0, 4, 8, 10)] == [1, 2, 3, 4]
+    assert [grids_after(run, s) for s in (1, 4, 5, 8, 9, 10)] == [3, 2, 2, 1, 1, 0]
+    assert grids_in_run(config(steps=10, sample_every=0)) == 0 and grids_after(config(sample_every=0), 3) == 0
+
+
+def test_eta_adds_the_grids_left_at_the_last_grids_pace():
+    assert eta_seconds(0.5, 10, None, 3) == 5.0
+    assert eta_seconds(0.5, 10, 60.0, 3) == 185.0  # on a CPU the grids are most of the wait
+
+
+def test_a_cpu_estimate_grows_with_steps_grids_and_size_and_shrinks_with_cpu_sampling():
+    small = cpu_seconds(config(steps=30, resolution=64, sample_every=10), "tiny")
+    assert 10 < small < 600
+    assert cpu_seconds(config(steps=60, resolution=64, sample_every=10), "tiny") > small
+    assert cpu_seconds(config(steps=30, resolution=128, sample_every=10), "tiny") > small
+    assert cpu_seconds(config(steps=30, resolution=64, sample_every=10, **CPU_SAMPLING), "tiny") < small / 2
+    assert cpu_seconds(config(steps=500, resolution=1024, sample_every=100), "sdxl") > 3600 * 8
+
+
+def test_a_phase_reads_as_what_the_run_is_doing():
+    assert Phase("sampling", 2, 5, 0.4).describe() == "drawing sample grid 2/5 40%"
+    assert Phase("sampling", 1, 3).describe() == "drawing sample grid 1/3"
+    assert Phase("caching").describe() == "caching latents and prompt embeddings"
