@@ -200,7 +200,7 @@ def test_out_of_memory_offers_to_continue_on_modal(tmp_path, tiny_model, dataset
 
     async def walk() -> None:
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("3")
+            await pilot.press("escape", "3")  # out of the path field first
             await until(pilot, lambda: type(app.screen).__name__ == "LiveRunScreen", what="Live run screen")
             live = app.screen
             modal = live.query_one("#modal", Button)
