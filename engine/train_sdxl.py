@@ -60,7 +60,7 @@ from engine.train_config import TrainConfig
 from engine.versions import library_versions
 
 StepHook = Callable[[int], None]
-CURVES_REDRAW_S = 60.0
+CURVES_REDRAW_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -501,8 +501,9 @@ class SDXLLoRATrainer:
     def _judge(self, record: dict, final: bool) -> None:
         """Recommend a step from the metrics so far into ``record``; draw curves.png; warn of overfitting.
 
-        Mid-run, curves.png is redrawn at most every CURVES_REDRAW_S (a drawing costs about a second,
-        and the TUI draws the live curves); the run's end always draws it.
+        Mid-run, curves.png is redrawn at most every CURVES_REDRAW_S: a drawing costs about a second of
+        CPU, which a CPU run's sampling cannot spare every grid, and the TUI draws the live curves. The
+        first grid and the run's end (done or stopped) always draw it.
         """
         rows = self.run_dir.read_metrics()
         recommendation = recommend(rows)
