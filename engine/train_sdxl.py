@@ -50,7 +50,7 @@ from engine.images import TrainingImage, load_training_images
 from engine.lora_files import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES, save_lora
 from engine.memory_estimate import MemoryPlan, choose_plan, estimate_phases
 from engine.outputs import first_missing
-from engine.placement import out_of_memory_error, stop_status
+from engine.placement import OutOfGpuMemory, out_of_memory_error, stop_status
 from engine.recommend import THRESHOLDS, best_likeness, overfitting, recommend
 from engine.run_dir import RunDir, write_json_atomically
 from engine.sample_grid import PromptEmbeds, decode_latents, render_images, sample_grid
@@ -614,11 +614,13 @@ def train(config: TrainConfig, settings: Settings, on_event: EventSink = ignore_
     try:
         trainer.check_inputs()
         return trainer.run()
-    except BaseException:
+    except BaseException as stop:
         # A run that stopped before its first step holds nothing worth keeping: a folder it created
-        # goes again, so a failed command leaves the file system as it found it.
+        # goes again, so a failed command leaves the file system as it found it. Out of memory is the
+        # exception: its run.json says so, and Continue on Modal carries on in that folder.
         run = RunDir(config.out)
-        if created is not None and not run.read_metrics() and not run.checkpoint_steps():
+        if (created is not None and not isinstance(stop, OutOfGpuMemory) and not run.read_metrics()
+                and not run.checkpoint_steps()):
             shutil.rmtree(created, ignore_errors=True)
         raise
 

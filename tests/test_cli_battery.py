@@ -63,7 +63,7 @@ CASES = [
     Case("T03", ["train", "--data", "in/ds", "--out", "o/t03", *TINY, "--steps", "abc"], "--steps"),
     Case("T04", ["train", "--data", "in/ds", "--out", "o/t04", *TINY, "--resolution", "63"], "--resolution"),
     Case("T05", ["train", "--data", "in/ds", "--out", "o/t05", *TINY, "--rank", "0"], "--rank"),
-    Case("T06", ["train", "--data", "in/ds", "--out", "o/t06", *TINY, "--rank", "100000"], "--rank 100000"),
+    Case("T06", ["train", "--data", "in/ds", "--out", "o/t06", *TINY, "--rank", "100000"], "--rank"),
     Case("T07", ["train", "--data", "in/ds", "--out", "o/t07", *TINY, "--lr", "-1"], "--lr"),
     Case("T08", ["train", "--data", "in/ds", "--out", "o/t08", "--base", "nonexistent"], "unknown base model"),
     Case("T09", ["train", "--data", "in/ds", "--out", "o/t09", "--base", "nobody/nonexistent-model"],

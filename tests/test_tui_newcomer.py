@@ -95,7 +95,18 @@ def test_train_screen_estimate_follows_every_field_and_names_the_bad_one(service
         await until(pilot, lambda: "on the CPU" in text(app, "#placement"), what="the line to follow the base")
         line = text(app, "#placement")
         assert "$" not in line and "on this CPU" in line and "1 seed, 8 steps each" in line
-        # The dataset is picked (the only one), so the run name shown is the one that will be used.
+        # Once a dataset is picked (an earlier test of this module may have prepared a second one), the
+        # run name shown is the one that will be used.
+        dataset = screen.query_one("#dataset", Select)
+
+        def pick_astronaut() -> bool:
+            try:
+                dataset.value = "astronaut"
+            except Exception:  # not listed yet: the engine's answer is on its way
+                return False
+            return True
+
+        await until(pilot, pick_astronaut, what="the astronaut dataset")
         await until(pilot, lambda: screen.query_one("#name", Input).placeholder == "astronaut-quick",
                     what="the run name placeholder")
         screen.query_one("#steps", Input).value = "40"
