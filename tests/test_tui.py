@@ -185,8 +185,9 @@ def test_event_stream_survives_an_engine_restart(tmp_path, tiny_model, dataset):
 def test_out_of_memory_offers_to_continue_on_modal(tmp_path, tiny_model, dataset):
     """A run that outgrows this machine's memory stops cleanly; the button moves it to a cloud GPU.
 
-    The engine's workers get a 3 GiB address-space cap, so training at 2048 px runs out of memory for
-    real. Modal itself is unreachable here: the cloud attempt must get as far as Modal's one-line
+    The engine's workers get a 3 GiB address-space cap, so training at 4096 px runs out of memory for
+    real: one allocation past the cap, refused by torch's allocator. (At 2048 px the cap was reached
+    piecemeal, and OpenBLAS, meeting it first, could abort the worker without a Python error.) Modal itself is unreachable here: the cloud attempt must get as far as Modal's one-line
     "no token" error, placed on Modal's cheapest GPU.
     """
     home = make_home(tmp_path / "home", models=tiny_model.parent, dataset=dataset)
@@ -194,7 +195,7 @@ def test_out_of_memory_offers_to_continue_on_modal(tmp_path, tiny_model, dataset
                       env={"MODAL_CONFIG_PATH": str(tmp_path / "no-modal.toml"), "MODAL_TOKEN_ID": "",
                            "MODAL_TOKEN_SECRET": ""}).start()
     job = service.submit("train", {"data": "datasets/astronaut", "out": "runs/big", "base": "tiny", "steps": 4,
-                                   "resolution": 2048, "rank": 4, "sample_every": 0, "device": "cpu"})
+                                   "resolution": 4096, "rank": 4, "sample_every": 0, "device": "cpu"})
     client = ServiceClient(service.url)
     app = LikenessApp(EngineLink(client))
 
