@@ -61,6 +61,7 @@ def test_too_small_photos_show_every_verdict_and_the_size_that_keeps_them(servic
         hint = screen.query_one("#use-hint", Button)
         assert hint.display and "px (u)" in str(hint.label)
         assert screen.query_one("#photos", Input).value == str(demo_photos)  # no shortcut ate a letter
+        assert screen.query_one("#name", Input).placeholder == "photos"  # the name an empty field gives
         await pilot.press("u")
         await until(pilot, lambda: "kept" in text(app, "#summary"), what="prep at the hinted size")
         assert "4 kept" in text(app, "#summary") and int(screen.query_one("#size", Input).value) < 1024
@@ -107,6 +108,9 @@ def test_train_screen_estimate_follows_every_field_and_names_the_bad_one(service
             return True
 
         await until(pilot, pick_astronaut, what="the astronaut dataset")
+        # Prep made its images at 64 px: the run trains at that size, and the preset is still Quick.
+        await until(pilot, lambda: screen.query_one("#resolution", Input).value == "64",
+                    what="the resolution to follow the dataset")
         await until(pilot, lambda: screen.query_one("#name", Input).placeholder == "astronaut-quick",
                     what="the run name placeholder")
         screen.query_one("#steps", Input).value = "40"

@@ -142,3 +142,19 @@ def test_safetensors_bytes_do_not_depend_on_the_order_things_were_given_in():
     assert one == two
     size = int.from_bytes(one[:8], "little")
     assert size % 8 == 0 and list(json.loads(one[8:8 + size])["__metadata__"]) == sorted(metadata)
+
+
+def test_images_smaller_than_the_training_size_are_enlarged_with_one_warning_naming_their_size(tmp_path):
+    from PIL import Image
+
+    from engine.images import load_training_images
+
+    for index, side in enumerate((384, 384, 512)):
+        Image.new("RGB", (side, side + 40), (index * 60, 90, 120)).save(tmp_path / f"p{index}.png")
+    images, warnings = load_training_images(tmp_path, 1024)
+    assert all(tuple(image.pixels.shape) == (3, 1024, 1024) for image in images)
+    assert warnings == ["all 3 training images are smaller than 1024 px (the smallest 384 px): training enlarges "
+                        "them up to 2.7x, which softens the likeness; --resolution 384 trains at their size"]
+    _, warnings = load_training_images(tmp_path, 448)
+    assert len(warnings) == 1 and warnings[0].startswith("2 of 3 training images are smaller than 448 px")
+    assert load_training_images(tmp_path, 384)[1] == []

@@ -45,7 +45,7 @@ class PhotosScreen(EngineScreen):
                 yield Button("Browse…", id="browse")
             with Horizontal(classes="form"):
                 yield Label("Dataset name")
-                yield Input(placeholder="me", id="name")
+                yield Input(placeholder="named after the folder", id="name")
                 yield Label("Framing")
                 yield Select([("face", "face"), ("head and shoulders", "head-and-shoulders")], value="face",
                              allow_blank=False, id="framing")
@@ -74,6 +74,13 @@ class PhotosScreen(EngineScreen):
         # (Escape leaves the field; Enter prepares and leaves it).
         self.query_one("#photos", Input).focus()
         self.query_one("#rejected", DataTable).add_columns("photo", "verdict", "why")
+
+    @on(Input.Changed, "#photos")
+    def photos_changed(self, event: Input.Changed) -> None:
+        # The placeholder shows the name an empty field will give the dataset, not an example.
+        path = event.value.strip()
+        self.query_one("#name", Input).placeholder = (dataset_name_for(Path(path)) if path
+                                                      else "named after the folder")
 
     def action_browse(self) -> None:
         from tui.screens.folder_picker import FolderPicker

@@ -10,12 +10,14 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from tui.screens.base import EngineScreen
 
 # The seed's two rounds: about 40 good photos trained well in 500 steps at rank 16; a 1,500-photo
-# library needed 1,500 steps at rank 32 (and did no better, which is why prep exists).
+# library needed 1,500 steps at rank 32 (and did no better, which is why prep exists). The resolution
+# is not a preset's: it follows the dataset, whose images prep made at one size.
 PRESETS = {
-    "quick": {"steps": 500, "rank": 16, "lr": 1e-4, "resolution": 1024, "sample_every": 100},
-    "large": {"steps": 1500, "rank": 32, "lr": 1e-4, "resolution": 1024, "sample_every": 250},
+    "quick": {"steps": 500, "rank": 16, "lr": 1e-4, "sample_every": 100},
+    "large": {"steps": 1500, "rank": 32, "lr": 1e-4, "sample_every": 250},
 }
-FIELDS = ("steps", "rank", "lr", "resolution", "sample_every")
+PRESET_FIELDS = ("steps", "rank", "lr", "sample_every")
+FIELDS = (*PRESET_FIELDS, "resolution")
 LABELS = {"steps": "Steps", "rank": "LoRA rank", "lr": "Learning rate", "resolution": "Resolution",
           "sample_every": "Sample every", "base": "Base model", "token": "Token", "class_word": "Class word"}
 
@@ -33,7 +35,7 @@ def matching_preset(values: dict[str, str]) -> str:
     """The preset whose numbers the fields hold, else custom."""
     for name, preset in PRESETS.items():
         try:
-            if all(float(values[field]) == float(preset[field]) for field in FIELDS):
+            if all(float(values[field]) == float(preset[field]) for field in PRESET_FIELDS):
                 return name
         except ValueError:
             break
@@ -98,7 +100,9 @@ class TrainScreen(EngineScreen):
     def _show_datasets(self, datasets: list[dict]) -> None:
         select = self.query_one("#dataset", Select)
         current = select.value
-        select.set_options([(f"{d['name']} ({d.get('accepted', '?')} photos)", d["name"]) for d in datasets])
+        self.dataset_sizes = {d["name"]: d.get("size") for d in datasets}
+        select.set_options([(f"{d['name']} ({d.get('accepted', '?')} photos, {d.get('size', '?')} px)", d["name"])
+                            for d in datasets])
         if current in {d["name"] for d in datasets}:
             select.value = current
         elif len(datasets) == 1:
@@ -119,13 +123,17 @@ class TrainScreen(EngineScreen):
     def preset_changed(self, event: Select.Changed) -> None:
         preset = PRESETS.get(str(event.value))
         if preset is not None:
-            for field in FIELDS:
+            for field in PRESET_FIELDS:
                 self.query_one(f"#{field}", Input).value = str(preset[field])
         self._update_name()
         self._update_placement()
 
     @on(Select.Changed, "#dataset")
     def dataset_changed(self) -> None:
+        # Train at the size prep made the images: larger only enlarges them (softer), smaller wastes them.
+        size = getattr(self, "dataset_sizes", {}).get(self._dataset())
+        if size:
+            self.query_one("#resolution", Input).value = str(size)
         self._update_name()
 
     @on(Input.Changed)
@@ -133,7 +141,7 @@ class TrainScreen(EngineScreen):
     @on(Checkbox.Changed)
     def _inputs_changed(self, event) -> None:
         field = getattr(getattr(event, "input", None), "id", None)
-        if field in FIELDS:
+        if field in PRESET_FIELDS:
             # The preset's label must not claim numbers the fields no longer hold.
             values = {f: self.query_one(f"#{f}", Input).value for f in FIELDS}
             preset = self.query_one("#preset", Select)
