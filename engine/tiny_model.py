@@ -33,6 +33,9 @@ def _byte_level_vocab() -> dict[str, int]:
 
 
 def _build(target: Path) -> None:
+    from engine.quiet import quiet_libraries
+
+    quiet_libraries()  # the first --dry-run builds the model: its output is ours, not the libraries' notices
     import torch
     from diffusers import (
         AutoencoderKL,

@@ -179,6 +179,18 @@ def test_offline_hub_model_says_what_to_download(tmp_path, photos):
     assert result.stderr.strip().count("\n") == 0
 
 
+def test_the_first_dry_run_builds_the_tiny_model_without_the_libraries_notices(tmp_path, dataset):
+    env = {**os.environ, "LIKENESS_HOME": str(tmp_path / "home")}  # a home with no tiny model yet
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "--data", str(dataset), "--out", str(tmp_path / "out"),
+         "--base", "tiny", "--steps", "1", "--dry-run"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "home" / "models").is_dir() and result.stdout.startswith("estimated peak RAM")
+    assert result.stderr == ""  # transformers' torchvision notices and shard progress bars used to land here
+
+
 def test_single_file_base_that_is_not_sdxl(capsys, tmp_path, dataset):
     import torch
     from safetensors.torch import save_file
