@@ -10,7 +10,9 @@
 2. Runs `likeness train` on it at 1024 px in a fresh process per variant: the savers chosen
    automatically (with sample grids), checkpointing on (the 8 GB-card setting, with sample grids),
    batch 2 and 4, regional torch.compile, channels-last. Each run's run.json gives every phase's peak
-   (torch.cuda.max_memory_allocated), the savers and the estimate it was planned with.
+   (torch.cuda.max_memory_allocated), the savers and the estimate it was planned with; its grids'
+   JSON the seconds per grid image at the sample batch the plan chose (the whole grid of 6 without
+   checkpointing, one image at a time with it).
 3. Runs `likeness generate` (30 steps, 1024 px, guidance 5, after a warm-up image) and plain diffusers
    with the same LoRA fused, for s/image against s/image.
 4. Counts the FLOPs of one LoRA training step (torch's FlopCounterMode on the meta device: forward and
@@ -197,6 +199,16 @@ def _train_variant(name: str, flags: list[str], model: Path, photos: Path, confi
     timed = [r["seconds_per_step"] for r in rows[2:] if "sample_identity_score" not in r] or \
         [r["seconds_per_step"] for r in rows]
     batch = record["config"]["batch_size"]
+    # The sample grids: the last one (the first warms up), per image, with the batch the plan chose; the
+    # auto variant (no checkpointing) draws whole grids a pass, checkpointing on one image at a time.
+    grids = [json.loads(p.read_text()) for p in sorted((out / "samples").glob("step-*.json"))]
+    sampling = None
+    if grids and "drawing_seconds" in grids[-1]:
+        last = grids[-1]
+        images = len(last["prompts"]) * len(last["seeds"])
+        sampling = {"sample_batch": last["sample_batch"], "grid_images": images, "grids": len(grids),
+                    "s_per_grid_image": round(last["drawing_seconds"] / images, 3),
+                    "first_grid_s": grids[0]["drawing_seconds"]}
     return {"variant": name, "flags": flags, "wall_s": round(wall, 1), "batch_size": batch,
             "median_s_per_step": round(statistics.median(timed), 4),
             "s_per_image": round(statistics.median(timed) / batch, 4), "steps_timed": len(timed),
@@ -204,7 +216,7 @@ def _train_variant(name: str, flags: list[str], model: Path, photos: Path, confi
                 k: round(v / 1024, 2) for k, v in (record.get("phase_peak_memory_mb") or {}).items()},
             "estimated_phase_peak_gib": record["estimated_phase_peak_gib"], "peak_memory_gib":
                 round(record["peak_memory_mb"] / 1024, 2), "attention": record["attention"],
-            "precision": record["precision"], "run_dir": str(out)}
+            "precision": record["precision"], "sampling": sampling, "run_dir": str(out)}
 
 
 def _generate(model: Path, run: Path, work: Path, env: dict, log: Path) -> dict:
@@ -281,8 +293,8 @@ def main() -> None:
         if not photos.is_dir():
             make_demo_photos(photos, count=8)
         config = work / "bench.toml"
-        config.write_text('validation_prompts = ["a photo of {token} {class_word}"]\nsample_seeds = [0]\n'
-                          "sample_steps = 20\n")
+        # The default grid (3 prompts x 2 seeds): enough images for the sample batch to show its gain.
+        config.write_text("sample_steps = 20\n")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "LIKENESS_HOME": str(work / "home")}
         peak = _peak_tflops(gpu, args.peak_tflops)
         runs = []
@@ -301,9 +313,11 @@ def main() -> None:
             row["mfu"] = round(flops / row["median_s_per_step"] / (peak * 1e12), 4) if peak else None
             runs.append(row)
             phases = ", ".join(f"{k} {v:.2f}" for k, v in row["phase_peak_memory_gib"].items())
+            grid = (f"  grids: {row['sampling']['s_per_grid_image']:.2f} s/image at sample batch "
+                    f"{row['sampling']['sample_batch']}" if row["sampling"] else "")
             print(f"train {name:18s} {row['median_s_per_step']:.3f} s/step  MFU {row['mfu']}  "
                   f"savers: {row['savers']['gradient_checkpointing'] and 'ckpt' or 'no ckpt'}, "
-                  f"{row['savers']['optimizer']}  peaks GiB: {phases}", flush=True)
+                  f"{row['savers']['optimizer']}  peaks GiB: {phases}{grid}", flush=True)
         report["train"] = runs
 
         # 3. Generation: likeness against plain diffusers with the LoRA fused.

@@ -5,11 +5,13 @@ The trainer works in phases, each loading what it needs and freeing it before th
     caching   text encoders and VAE on the device; prompts and latents encoded, one image at a time
     load      the encoders leave; the UNet arrives with its LoRA
     loop      UNet + LoRA state + activations of one step
-    sampling  the UNet denoises a sample image, then the VAE comes back to decode it tile by tile
+    sampling  the UNet denoises a batch of a grid's images, then the VAE decodes each, tile by tile
 
 ``estimate_phases(config, plan, on_cpu)`` gives each phase's peak; ``choose_plan(config, free_gib, on_cpu)``
 turns on a saver (8-bit optimizer states, gradient checkpointing) only where the run would not fit
-``free_gib`` without it. Pure: the free memory is passed in (``engine.device.free_memory_gib`` asks).
+``free_gib`` without it, then tiles the sample grids' decode and picks how many grid images the UNet
+denoises at once so that sampling stays inside the loop's peak. Pure: the free memory is passed in
+(``engine.device.free_memory_gib`` asks).
 
 Weights and LoRA state are counted from SDXL's parameter counts. The rest are coefficients per
 1024x1024 image, most measured on an H200 (``bench/calibration/sdxl_phases_measured.json``, checked
@@ -55,7 +57,8 @@ UNET_INFERENCE_GIB = 0.5
 VAE_DECODE_FP32_GIB = 3.0
 TEXT_ENCODER_ACTIVATIONS_GIB = 0.3  # per prompt, when the text encoders train (77 tokens: small)
 # Sample grids decode whole, or in the largest of these tiles (pixels; diffusers' tiled VAE decode,
-# 25 % overlap) that keeps sampling inside the loop's peak.
+# 25 % overlap) that keeps sampling inside the loop's peak. They denoise the largest batch of the grid's
+# images that keeps it there too.
 DECODE_TILES_PX = (512, 256)
 # What nvidia-smi shows beyond torch's allocations: the CUDA context and kernels.
 CUDA_CONTEXT_GIB = 0.6
@@ -75,20 +78,24 @@ class MemoryPlan:
     optimizer: Literal["adamw8bit", "adamw"]
     vae_encode_batch: int = 1  # images the VAE encodes at once while caching latents
     decode_tile_px: int | None = None  # sample grids decode in tiles this big; None = whole
+    # Sample images denoised together (each pass is twice that with guidance): one at a time leaves a
+    # big card launch-bound, so as many as fit inside the loop's peak.
+    sample_batch: int = 1
     # False only to model the trainer before issue 11 (everything on the GPU while caching), whose
     # measured peaks are calibration points.
     staged: bool = True
     reason: str = ""  # one line: why these savers
 
     def savers(self) -> str:
-        """The savers in words: 'gradient checkpointing on, 8-bit AdamW'."""
+        """The savers in words: 'gradient checkpointing on, 8-bit AdamW, sample batch 1'."""
         return (f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}, "
-                f"{'8-bit AdamW' if self.optimizer == 'adamw8bit' else 'torch AdamW'}")
+                f"{'8-bit AdamW' if self.optimizer == 'adamw8bit' else 'torch AdamW'}, "
+                f"sample batch {self.sample_batch}")
 
     def to_json(self) -> dict:
         return {"gradient_checkpointing": self.gradient_checkpointing, "optimizer": self.optimizer,
                 "vae_encode_batch": self.vae_encode_batch, "decode_tile_px": self.decode_tile_px,
-                "reason": self.reason}
+                "sample_batch": self.sample_batch, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -165,9 +172,10 @@ def estimate_phases(config: TrainConfig, plan: MemoryPlan, on_cpu: bool = False)
     loop = sum(parts.values())
 
     # 4. Sampling: no gradients (zeroed to None after each step), the optimizer state stays; the VAE is
-    # back; the UNet denoises with guidance (two images a pass), then the VAE decodes, tile by tile.
+    # back; the UNet denoises plan.sample_batch images with guidance (twice that a pass), then the VAE
+    # decodes them one at a time, tile by tile.
     held = (frozen - vae if resident_always else unet + trains_text) + lora_weights + optimizer_state
-    denoise = UNET_INFERENCE_GIB * 2 * pixels * act_scale
+    denoise = UNET_INFERENCE_GIB * 2 * plan.sample_batch * pixels * act_scale
     tile = 1.0 if plan.decode_tile_px is None else min(1.0, (plan.decode_tile_px / config.resolution) ** 2)
     decode = VAE_DECODE_FP32_GIB * pixels * tile
     sampling = held + vae + max(denoise, decode) if config.sample_every else 0.0
@@ -194,11 +202,33 @@ def choose_plan(config: TrainConfig, free_gib: float | None, on_cpu: bool = Fals
     plan = _choose_savers(config, free_gib, on_cpu, optimizer_of_resumed_run)
     # Sampling must not be what runs out of memory: tile the decode until it fits inside the loop's peak.
     for tile in (None, *DECODE_TILES_PX):
-        tiled = replace(plan, decode_tile_px=tile)
-        phases = estimate_phases(config, tiled, on_cpu).phases
-        if phases["sampling"] <= phases["loop"]:
-            return tiled
-    return tiled
+        plan = replace(plan, decode_tile_px=tile)
+        if _sampling_fits(config, plan, on_cpu):
+            break
+    return replace(plan, sample_batch=_largest_sample_batch(config, plan, on_cpu))
+
+
+def _sampling_fits(config: TrainConfig, plan: MemoryPlan, on_cpu: bool) -> bool:
+    phases = estimate_phases(config, plan, on_cpu).phases
+    return phases["sampling"] <= phases["loop"]
+
+
+def _largest_sample_batch(config: TrainConfig, plan: MemoryPlan, on_cpu: bool) -> int:
+    """The most of a grid's images the UNet can denoise at once inside the loop's peak; at least one.
+
+    The same rule as the decode's tiles, so batching never makes sampling the run's peak. The sampling
+    estimate grows with the batch, so a bisection finds it (a grid may hold 64 x 64 images).
+    """
+    if not config.sample_every:
+        return 1  # no grids to draw
+    low, high = 1, len(config.validation_prompts) * len(config.sample_seeds)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _sampling_fits(config, replace(plan, sample_batch=middle), on_cpu):
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _choose_savers(config: TrainConfig, free_gib: float | None, on_cpu: bool,

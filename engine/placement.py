@@ -212,15 +212,20 @@ class Decision:
         memory = "RAM" if self.estimate.on_cpu else "VRAM"
         lines = [f"estimated peak {memory}: {self.estimate.total_gib:.1f} GiB "
                  f"(needs {self.estimate.required_gib:.1f} GiB free with the {SAFETY_MARGIN:.0%} margin)"]
+        plan = self.estimate.plan
         for phase, gib in self.estimate.phases.items():
-            lines.append(f"  {_PHASE_LABELS[phase]}: {gib:.2f} GiB")
+            label = _PHASE_LABELS[phase]
+            if phase == "sampling" and plan is not None:
+                images = f"{plan.sample_batch} image{'s' if plan.sample_batch > 1 else ''}"
+                label = f"sample grids (UNet on {images} a pass, then VAE decode in tiles)"
+            lines.append(f"  {label}: {gib:.2f} GiB")
             if phase == "loop":
                 lines += [f"    {name}: {part:.2f} GiB" for name, part in self.estimate.parts.items()
                           if name not in ("CUDA context", "process")]
         lines += [f"  {name}: {gib:.2f} GiB" for name, gib in self.estimate.parts.items()
                   if name in ("CUDA context", "process")]
-        if self.estimate.plan is not None:
-            lines.append(f"savers: {self.estimate.plan.savers()} ({self.estimate.plan.reason})")
+        if plan is not None:
+            lines.append(f"savers: {plan.savers()} ({plan.reason})")
         if self.local_gpu is not None:
             lines.append(f"local GPU: {self.local_gpu.name}, {self.local_gpu.free_gib:.1f} of "
                          f"{self.local_gpu.total_gib:.1f} GiB free")

@@ -51,51 +51,54 @@ def decode_latents(vae, latents, tile_px: int | None) -> Image.Image:
 
 def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolution: int, steps: int,
                   embeds: list[PromptEmbeds] | None, autocast_dtype=None, decode=None,
-                  on_progress: Callable[[float], None] | None = None) -> list[list[Image.Image]]:
+                  on_progress: Callable[[float], None] | None = None, batch: int = 1) -> list[list[Image.Image]]:
     """One row per prompt, one column per seed. Seeds drive a CPU generator: same image on any device.
 
-    ``decode(latents)``, when given, turns the denoised latents into the image instead of the pipeline.
+    ``batch`` images are denoised per pipeline call (the plan's ``sample_batch``): one image at a time
+    leaves a big GPU waiting on kernel launches. Each image keeps its own generator, so its starting
+    noise is the one it would get alone.
+    ``decode(latents)``, when given, turns one image's denoised latents into the image instead of the
+    pipeline (one at a time: the decode's activations are what tiles keep small).
     ``on_progress`` hears the fraction of the grid drawn after every denoising step.
     """
     import torch
 
-    images = len(prompts) * len(seeds)
-
+    # The grid's cells in reading order, drawn ``batch`` at a time.
+    cells = [(index, seed) for index in range(len(prompts)) for seed in seeds]
     device = pipe.unet.device
+    dtype = pipe.unet.dtype
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
-    rows = []
-    for index, prompt in enumerate(prompts):
-        row = []
-        for seed in seeds:
-            kwargs = dict(height=resolution, width=resolution, num_inference_steps=steps,
-                          guidance_scale=SAMPLE_GUIDANCE, generator=torch.Generator("cpu").manual_seed(seed))
-            if on_progress is not None:
-                done = index * len(seeds) + len(row)  # images finished before this one
+    drawn: list[Image.Image] = []
+    for start in range(0, len(cells), batch):
+        chunk = cells[start:start + batch]
+        size = len(chunk)
+        # diffusers draws each image's noise from its own generator when given a list of them.
+        kwargs = dict(height=resolution, width=resolution, num_inference_steps=steps,
+                      guidance_scale=SAMPLE_GUIDANCE,
+                      generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in chunk])
+        if on_progress is not None:
+            def step_end(_pipe, i, _t, callback_kwargs, done=start, size=size):
+                on_progress((done + size * (i + 1) / steps) / len(cells))
+                return callback_kwargs
 
-                def step_end(_pipe, i, _t, callback_kwargs, done=done):
-                    on_progress((done + (i + 1) / steps) / images)
-                    return callback_kwargs
-
-                kwargs["callback_on_step_end"] = step_end
-            if embeds is not None:
-                e = embeds[index]
-                kwargs.update(
-                    prompt_embeds=e.prompt_embeds.to(device, pipe.unet.dtype),
-                    pooled_prompt_embeds=e.pooled_prompt_embeds.to(device, pipe.unet.dtype),
-                    negative_prompt_embeds=torch.zeros_like(e.prompt_embeds).to(device, pipe.unet.dtype),
-                    negative_pooled_prompt_embeds=torch.zeros_like(e.pooled_prompt_embeds).to(device, pipe.unet.dtype),
-                )
-            else:
-                kwargs["prompt"] = prompt
-            if decode is not None:
-                kwargs["output_type"] = "latent"
-            with torch.no_grad(), autocast:
-                output = pipe(**kwargs).images
-            # The decode runs outside autocast: the VAE stays in its own (fp32) precision.
-            row.append(decode(output) if decode is not None else output[0])
-        rows.append(row)
-    return rows
+            kwargs["callback_on_step_end"] = step_end
+        if embeds is not None:
+            prompt_embeds = torch.cat([embeds[index].prompt_embeds for index, _ in chunk]).to(device, dtype)
+            pooled = torch.cat([embeds[index].pooled_prompt_embeds for index, _ in chunk]).to(device, dtype)
+            kwargs.update(prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled,
+                          negative_prompt_embeds=torch.zeros_like(prompt_embeds),
+                          negative_pooled_prompt_embeds=torch.zeros_like(pooled))
+        else:
+            kwargs["prompt"] = [prompts[index] for index, _ in chunk]
+        if decode is not None:
+            kwargs["output_type"] = "latent"
+        with torch.no_grad(), autocast:
+            output = pipe(**kwargs).images
+        # The decode runs outside autocast: the VAE stays in its own (fp32) precision.
+        drawn += ([decode(output[k:k + 1]) for k in range(size)] if decode is not None
+                  else list(output))
+    return [drawn[row * len(seeds):(row + 1) * len(seeds)] for row in range(len(prompts))]
 
 
 def sample_grid(rows: list[list[Image.Image]], prompts: list[str], seeds: tuple[int, ...], step: int,

@@ -539,10 +539,13 @@ class SDXLLoRATrainer:
         pipe = self.sampling_pipeline(frozen_text=embeds is not None)
         pipe.set_progress_bar_config(disable=True)
         autocast_dtype = self.weight_dtype if self.placement.is_cuda else None
+        # As many images a denoising pass as the plan found room for inside the loop's peak.
         rows = render_images(pipe, prompts, self.config.sample_seeds, resolution=self.config.resolution,
                              steps=self.config.sample_steps, embeds=embeds, autocast_dtype=autocast_dtype,
                              decode=lambda latents: decode_latents(self.vae, latents, self.plan.decode_tile_px),
-                             on_progress=lambda fraction: self._phase("sampling", *grid, fraction))
+                             on_progress=lambda fraction: self._phase("sampling", *grid, fraction),
+                             batch=self.plan.sample_batch)
+        drawing_s = time.perf_counter() - started
         if self.config.cache_latents:
             self.vae.to("cpu")
             if self.placement.is_cuda:
@@ -561,6 +564,9 @@ class SDXLLoRATrainer:
         self.last_sample_score = mean_score([s for row in scores for s in row])
         write_json_atomically(path.with_suffix(".json"), {
             "step": step, "prompts": prompts, "seeds": list(self.config.sample_seeds),
+            # How the grid was drawn and how long that took (its measures not counted): the GPU
+            # benchmark sets batches against one another with these.
+            "sample_batch": self.plan.sample_batch, "drawing_seconds": round(drawing_s, 3),
             "identity_scores": scores, "identity_score_mean": self.last_sample_score, **measures.metrics(),
             "picture_measures": [[p.to_json() for p in row] for row in measures.pictures]})
         self.seconds_per_grid = time.perf_counter() - started

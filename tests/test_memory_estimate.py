@@ -7,6 +7,7 @@ in place of asking CUDA (this machine has no GPU).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,27 @@ def test_no_phase_of_the_staged_plan_peaks_above_the_loop():
     assert choose_plan(config(), 8.0).decode_tile_px is not None
 
 
+def test_sample_grids_denoise_as_many_images_at_once_as_fit_inside_the_loop():
+    run = config(resolution=1024, rank=16)  # the default grid: 3 prompts x 2 seeds
+    # An 8 GB card (checkpointing on, loop 6.5 GiB): one more image a pass would make sampling the peak.
+    small = choose_plan(run, 8.0)
+    phases = estimate_phases(run, small).phases
+    assert small.gradient_checkpointing and small.sample_batch == 1 and phases["sampling"] <= phases["loop"]
+    assert estimate_phases(run, replace(small, sample_batch=2)).phases["sampling"] > phases["loop"]
+    # A 24 GB card (no checkpointing, loop 13 GiB): the whole grid in one pass, still inside the loop.
+    big = choose_plan(run, 24.0)
+    phases = estimate_phases(run, big).phases
+    assert not big.gradient_checkpointing and big.sample_batch == 6 and phases["sampling"] <= phases["loop"]
+    # Never more than the grid holds, and each image more is counted.
+    assert choose_plan(config(resolution=1024, sample_seeds=(0,)), 80.0).sample_batch == 3
+    assert phases["sampling"] > estimate_phases(run, replace(big, sample_batch=1)).phases["sampling"]
+    # On the CPU the same rule holds against RAM; the tiny model's estimate is flat: the whole grid.
+    assert choose_plan(run, 14.0, on_cpu=True).sample_batch == 1
+    assert choose_plan(config(base="tiny", resolution=64), 4.0, on_cpu=True).sample_batch == 6
+    # The plan says it where the savers are said.
+    assert big.to_json()["sample_batch"] == 6 and big.savers().endswith("sample batch 6")
+
+
 def test_caching_one_image_at_a_time_is_a_fraction_of_eight_at_once():
     run = config()
     one = estimate_phases(run, MemoryPlan(True, "adamw8bit", vae_encode_batch=1)).phases["caching"]
@@ -62,7 +84,7 @@ def test_auto_turns_checkpointing_off_on_a_24_gb_card_and_keeps_it_on_an_8_gb_on
     assert big.where == "local" and big.estimate.plan.gradient_checkpointing is False
     assert "no saver needed" in big.estimate.plan.reason
     # The TUI's Train line says the same, and why.
-    assert "savers: gradient checkpointing off, torch AdamW (needs" in big.summary()
+    assert "savers: gradient checkpointing off, torch AdamW, sample batch 6 (needs" in big.summary()
     small = decide(run, "auto", None, [card(8.0)])
     assert small.estimate.plan.gradient_checkpointing is True
     assert "without these savers" in small.estimate.plan.reason
@@ -116,10 +138,10 @@ def test_dry_run_prints_each_phase_peak_and_the_savers_chosen(capsys, tmp_path, 
     for label in ("caching", "load", "training loop", "sample grids"):
         line = next(x for x in out.splitlines() if x.strip().startswith(label))
         assert line.endswith("GiB"), line
-    assert "savers: gradient checkpointing off, torch AdamW (" in out
+    assert "savers: gradient checkpointing off, torch AdamW, sample batch 6 (" in out
     assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--dry-run", "--gpu", "A10G",
                  "--gradient-checkpointing"]) == 0
-    assert "savers: gradient checkpointing on, torch AdamW (needs" in capsys.readouterr().out
+    assert "savers: gradient checkpointing on, torch AdamW, sample batch 1 (needs" in capsys.readouterr().out
 
 
 def test_every_phase_is_reported():

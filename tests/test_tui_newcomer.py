@@ -96,6 +96,8 @@ def test_train_screen_estimate_follows_every_field_and_names_the_bad_one(service
         await until(pilot, lambda: "on the CPU" in text(app, "#placement"), what="the line to follow the base")
         line = text(app, "#placement")
         assert "$" not in line and "on this CPU" in line and "1 seed, 8 steps each" in line
+        # The savers are those of the grid the CPU run draws: 2 prompts x 1 seed, both in one pass.
+        assert "sample batch 2 (" in line
         # Once a dataset is picked (an earlier test of this module may have prepared a second one), the
         # run name shown is the one that will be used.
         dataset = screen.query_one("#dataset", Select)

@@ -143,11 +143,14 @@ class EngineLink:
         train_config = TrainConfig(data=Path("."), out=Path("."), **config)
         ram = system.get("ram_available_mb")
         # The line names the savers the run will choose, so it judges a CPU run against the RAM there.
-        decision = decide(train_config, local_gpus=local, host_free_gib=ram / 1024 if ram else None)
+        host_free_gib = ram / 1024 if ram else None
+        decision = decide(train_config, local_gpus=local, host_free_gib=host_free_gib)
         line = decision.summary()
         if decision.where == "local" and decision.gpu is None:
             config = {**{k: list(v) if isinstance(v, tuple) else v for k, v in CPU_SAMPLING.items()}, **config}
             train_config = TrainConfig(data=Path("."), out=Path("."), **config)
+            # The savers' line names the sample batch, which depends on the smaller grid this run draws.
+            line = decide(train_config, local_gpus=local, host_free_gib=host_free_gib).summary()
             minutes = cpu_seconds(train_config, model_family(train_config)) / 60
             line += f"\n~{minutes:.0f} min on this CPU (rough); " if minutes >= 1 else "\nunder a minute on this CPU; "
             line += sampling_line(train_config) + " (fewer than on a GPU: a CPU draws them slowly)"
