@@ -87,5 +87,6 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     print(f"trained {result.steps} steps in {result.wall_time_s:.0f} s, final loss {result.final_loss:.4f}")
     print(f"LoRA: {result.lora_path}")
-    print(f"samples: {result.run_dir / 'samples'}")
+    if config.sample_every:
+        print(f"samples: {result.run_dir / 'samples'}")
     return 0
