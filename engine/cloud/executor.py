@@ -81,7 +81,7 @@ class ModalExecutor(Executor):
         if source.kind in ("folder", "single_file"):
             raise LikenessError(f"--base {config.base} is on this machine, where a Modal run cannot see it: "
                                 "give a Hugging Face repo id, or train with --where local")
-        self.client  # noqa: B018 - Modal installed, a token: checked before anything in the run folder moves
+        client = self.client  # Modal installed, a token: before anything in the run folder is replaced
         recovered = run.recover_replaced()
         if recovered is not None:
             on_event(Log(recovered))
@@ -97,16 +97,15 @@ class ModalExecutor(Executor):
                 replacing = False
 
         try:
-            return self._train(config, run, on_event, step_hook, under_way)
+            return self._train(client, config, run, on_event, step_hook, under_way)
         except BaseException:
             if replacing:
                 run.put_back_replaced()  # the new run never took a step: nothing of it is worth more
             raise
 
-    def _train(self, config, run: RunDir, on_event: EventSink, step_hook, under_way):
+    def _train(self, client: ModalClient, config, run: RunDir, on_event: EventSink, step_hook, under_way):
         from engine.cloud.remote import RemoteTrainRequest
 
-        client = self.client
         # 2. The dataset, once per content.
         key = dataset_key(config.data)
         if client.has_dataset(key):
