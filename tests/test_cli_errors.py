@@ -106,27 +106,14 @@ def test_output_holding_other_files_is_left_alone(capsys, tmp_path, photos, tiny
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
-@pytest.mark.slow
-def test_finished_run_is_not_overwritten_without_force(capsys, tmp_path, photos, tiny_model):
-    out = tmp_path / "run"
-    assert main(train_args(photos, out)) == 0
-    lora_bytes = (out / "lora.safetensors").read_bytes()
-    capsys.readouterr()
-    code, err = run_cli(capsys, *train_args(photos, out))
-    assert_one_line_error(code, err, "finished run", "--force")
-    assert (out / "lora.safetensors").read_bytes() == lora_bytes
-    assert main(train_args(photos, out, "--force", "--seed", "7")) == 0
-    assert (out / "lora.safetensors").read_bytes() != lora_bytes
-
-
 def _files(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (hidden ones too) and its bytes."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.slow
-def test_force_replaces_a_run_only_once_the_new_one_is_under_way(capsys, monkeypatch, tmp_path, home, photos,
-                                                                  tiny_model):
+def test_a_finished_run_is_replaced_only_by_force_and_only_once_the_new_one_is_under_way(capsys, monkeypatch, tmp_path,
+                                                                                         home, photos, tiny_model):
     out = tmp_path / "run"
     # From raw photos, so the run's prepared dataset/ is among what --force replaces; a checkpoint and
     # the user's own file beside the run, which is never ours to move.
