@@ -2,10 +2,17 @@
 
 Paths and their reading and writing live here, so the trainer, the generator and (later) the
 service agree on one layout.
+
+``--force`` replaces a run in two moves, so a new run that fails to start loses nothing: the earlier
+run's files are renamed into RUN/.replaced (one rename each, on one file system), and deleted only
+once the new run is under way; a new run that stops before that puts them back. A crash in between
+leaves RUN/.replaced, which the next run started in RUN puts back first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -13,11 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.curves import CURVES_FILE
 from engine.errors import LikenessError
 from engine.lora_files import LORA_FILENAME
 
 RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"
+DATASET = "dataset"
+# What a training run writes into its folder; anything else there (generations, the user's notes) is
+# not the run's to replace.
+RUN_FILES = (RUN_JSON, METRICS, LORA_FILENAME, CURVES_FILE, "samples", "checkpoints")
+REPLACED = ".replaced"  # the run --force is replacing, until the new run is under way
+DISCARDED = ".discarded"  # on its way out: whatever a crash left here is deleted at the next start
+_MOVED = "moved.json"  # in REPLACED: which files were moved, and by which process
 
 
 @dataclass(frozen=True)
@@ -93,8 +108,16 @@ class RunDir:
         partial.write_text("".join(json.dumps(row) + "\n" for row in rows))
         os.replace(partial, self.metrics)
 
-    def prepare_for_new_run(self, force: bool) -> None:
-        """Check ``root`` may hold a new run; with ``force``, clear what an earlier run left (only our files)."""
+    @property
+    def dataset(self) -> Path:
+        """Where a run prepares raw photos (``--data`` that is not a prepared dataset)."""
+        return self.root / DATASET
+
+    def prepare_for_new_run(self, force: bool, preps_dataset: bool = False) -> bool:
+        """Check ``root`` may hold a new run; with ``force``, set aside what an earlier run left (only our
+        files, and its prepared photos when this run prepares its own). True when something was set
+        aside: the caller then calls :meth:`discard_replaced` once the new run is under way, or
+        :meth:`put_back_replaced` if it stops before."""
         if self.root.exists() and not self.root.is_dir():
             raise LikenessError(f"--out {self.root} is a file, not a folder")
         previous = self.read_run()
@@ -109,11 +132,110 @@ class RunDir:
                 raise LikenessError(
                     f"--out {self.root} holds an unfinished run; pass --resume to continue it or --force to start over"
                 )
-            for path in (self.run_json, self.metrics, self.lora):
-                path.unlink(missing_ok=True)
-            for folder in (self.samples, self.checkpoints):
-                shutil.rmtree(folder, ignore_errors=True)
+            ensure_writable(self.root)
+            self._set_aside(RUN_FILES + ((DATASET,) if preps_dataset else ()))
+            return True
         ensure_writable(self.root)
+        return False
+
+    def _set_aside(self, names: tuple[str, ...]) -> None:
+        aside = self.root / REPLACED
+        try:
+            aside.mkdir()
+            moved = [name for name in names if _exists(self.root / name)]
+            # The list first, atomically: whoever puts the files back knows which were the old run's,
+            # even when a crash cut this loop short.
+            write_json_atomically(aside / _MOVED, {"replacing": list(names), "moved": moved, "pid": os.getpid(),
+                                                  "process_started": _process_started(os.getpid()),
+                                                  "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+            for name in moved:
+                os.rename(self.root / name, aside / name)
+        except OSError as error:
+            with contextlib.suppress(OSError):  # if not now, the next start puts them back
+                self.put_back_replaced()
+            raise LikenessError(f"cannot set aside the run in {self.root}: {error.strerror or error}") from None
+
+    def discard_replaced(self) -> None:
+        """The new run is under way: delete the run it replaces (renamed first, so a crash while
+        deleting leaves nothing that looks like a run to put back)."""
+        aside, trash = self.root / REPLACED, self.root / DISCARDED
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(aside, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def put_back_replaced(self) -> bool:
+        """Put the run that ``--force`` set aside back as it was, removing what the new run wrote in its
+        place. Safe to repeat after a crash at any point; False when nothing was set aside."""
+        aside, trash = self.root / REPLACED, self.root / DISCARDED
+        if not aside.is_dir():
+            return False
+        moved = _read_moved(aside)
+        shutil.rmtree(trash, ignore_errors=True)
+        trash.mkdir()
+        if moved is not None:  # without the list, nothing was moved yet
+            for name in moved["replacing"]:
+                here, kept = self.root / name, aside / name
+                if _exists(kept):
+                    if _exists(here):
+                        os.rename(here, trash / name)
+                    os.rename(kept, here)
+                elif name not in moved["moved"] and _exists(here):
+                    os.rename(here, trash / name)  # the new run's, with nothing of the old one's to restore
+        os.rename(aside, trash / REPLACED)
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def recover_replaced(self) -> str | None:
+        """Before a run starts in ``root``: put back what a crashed ``--force`` set aside, and say so.
+
+        Refused while the process that set it aside still runs: that run is not finished replacing.
+        """
+        shutil.rmtree(self.root / DISCARDED, ignore_errors=True)
+        aside = self.root / REPLACED
+        if not aside.is_dir():
+            return None
+        moved = _read_moved(aside) or {}
+        pid = moved.get("pid")
+        if pid and pid != os.getpid() and _process_started(pid) == moved.get("process_started") and _alive(pid):
+            raise LikenessError(f"--out {self.root} is being replaced by a run still in progress (process {pid}); "
+                                "wait for it or stop it first")
+        try:
+            self.put_back_replaced()
+        except OSError as error:
+            raise LikenessError(f"{aside} holds the run an interrupted --force set aside, and putting it back "
+                                f"failed: {error.strerror or error}") from None
+        return (f"put back the run in {self.root} that an interrupted --force had set aside "
+                f"(the new run stopped before its first step)")
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _read_moved(aside: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((aside / _MOVED).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _process_started(pid: int) -> str | None:
+    """When ``pid`` started (Linux's /proc), so a recycled pid is not taken for the process that set a run aside."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command's name
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def ensure_writable(folder: Path) -> None:

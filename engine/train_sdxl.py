@@ -95,6 +95,7 @@ class SDXLLoRATrainer:
         self.base: BaseModelSource | None = None
         self.pipe = None
         self.seconds_per_grid: float | None = None  # the last sample grid's wall time, for the ETA
+        self.replacing = False  # an earlier run waits in RUN/.replaced until this one's first step
         self._phase_sent = 0.0
 
     # 1. Inputs are checked before anything heavy loads: a typo costs a second, not a minute.
@@ -103,10 +104,13 @@ class SDXLLoRATrainer:
         from engine.train_checks import check_fits_in_ram, check_train_inputs
 
         self.base = check_train_inputs(self.config, self.settings)
+        recovered = self.run_dir.recover_replaced()
+        if recovered is not None:
+            self.on_event(Log(recovered))
 
         # A raw photo folder goes through prep first, into the run directory, unless told otherwise.
         self.needs_prep = self.config.prep and not is_prepared_dataset(self.config.data)
-        self.dataset = self.run_dir.root / "dataset" if self.needs_prep else self.config.data
+        self.dataset = self.run_dir.dataset if self.needs_prep else self.config.data
         self.placement = choose_placement(self.config.device, self.config.mixed_precision)
         if self.config.resume and not self.run_dir.checkpoint_steps():
             raise LikenessError(f"--resume: {self.config.out} has no checkpoint to resume from")
@@ -119,7 +123,7 @@ class SDXLLoRATrainer:
         check_fits_in_ram(self.config, self.plan, self.placement, free)
         # The run directory is created last, once everything above holds.
         if not self.config.resume:
-            self.run_dir.prepare_for_new_run(self.config.force)
+            self.replacing = self.run_dir.prepare_for_new_run(self.config.force, preps_dataset=self.needs_prep)
 
     def _resumed_optimizer(self) -> str | None:
         """The optimizer whose state the newest checkpoint holds: a resumed run must keep it."""
@@ -378,6 +382,11 @@ class SDXLLoRATrainer:
                 loss_value = loss.detach().item()
                 seconds = time.perf_counter() - t0
                 step_times.append(seconds)
+                if self.replacing:
+                    # The safe point: the base loaded, the caches built and a step taken on this device,
+                    # so whatever could refuse this run (weights, architecture, memory) has had its say.
+                    run.discard_replaced()
+                    self.replacing = False
                 recent = sorted(step_times[-20:])[len(step_times[-20:]) // 2]  # median: robust to sampling pauses
                 lr = lr_scheduler.get_last_lr()[0]
                 row = {"step": step, "loss": loss_value, "lr": lr, "seconds_per_step": seconds,
@@ -625,6 +634,14 @@ def train(config: TrainConfig, settings: Settings, on_event: EventSink = ignore_
         # goes again, so a failed command leaves the file system as it found it. Out of memory is the
         # exception: its run.json says so, and Continue on Modal carries on in that folder.
         run = RunDir(config.out)
+        if trainer.replacing:
+            # --force before the new run's first step: the run it was to replace comes back as it was
+            # (Continue on Modal after an out of memory replaces it again there, with --force).
+            try:
+                run.put_back_replaced()
+            except OSError as error:
+                raise LikenessError(f"{stop}; and the run --force set aside could not be put back ({error}): it is in "
+                                    f"{run.root}/.replaced, which the next run started there puts back") from stop
         if (created is not None and not isinstance(stop, OutOfGpuMemory) and not run.read_metrics()
                 and not run.checkpoint_steps()):
             shutil.rmtree(created, ignore_errors=True)

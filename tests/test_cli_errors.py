@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,17 +106,58 @@ def test_output_holding_other_files_is_left_alone(capsys, tmp_path, photos, tiny
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) and its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.slow
-def test_finished_run_is_not_overwritten_without_force(capsys, tmp_path, photos, tiny_model):
+def test_a_finished_run_is_replaced_only_by_force_and_only_once_the_new_one_is_under_way(capsys, monkeypatch, tmp_path,
+                                                                                         home, photos, tiny_model):
     out = tmp_path / "run"
-    assert main(train_args(photos, out)) == 0
-    lora_bytes = (out / "lora.safetensors").read_bytes()
+    # From raw photos, so the run's prepared dataset/ is among what --force replaces; a checkpoint and
+    # the user's own file beside the run, which is never ours to move.
+    assert main(train_args(photos, out, "--checkpoint-every", "1")) == 0
+    (out / "notes.txt").write_text("mine")
+    before = _files(out)
+    assert {"run.json", "lora.safetensors", "dataset/manifest.json", "checkpoints/step-000001/state.json"} <= set(before)
+
+    # A base that passes every check before loading, and then fails to load: the tiny model with half its
+    # UNet's weights (a damaged disk), in a home of its own; the tiny one, so the run stays on this CPU.
+    broken_home = tmp_path / "home-with-a-damaged-base"
+    broken = broken_home / "models" / tiny_model.name
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    monkeypatch.setenv("LIKENESS_HOME", str(broken_home))
     capsys.readouterr()
+    code, err = run_cli(capsys, *train_args(photos, out, "--force"))
+    monkeypatch.setenv("LIKENESS_HOME", str(home))
+    assert_one_line_error(code, err, "could not be loaded")
+    assert _files(out) == before
+
+    # Killed while loading (after the old run was set aside, before the first step): the next start in
+    # that folder puts the old run back, even one that is refused.
+    script = "import sys; from engine.cli import main; sys.exit(main(sys.argv[1:]))"
+    process = subprocess.Popen([sys.executable, "-c", script, *train_args(photos, out, "--force")],
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / ".replaced" / "moved.json").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (out / ".replaced").is_dir()  # killed before the new run's first step
     code, err = run_cli(capsys, *train_args(photos, out))
     assert_one_line_error(code, err, "finished run", "--force")
-    assert (out / "lora.safetensors").read_bytes() == lora_bytes
+    assert "put back the run" in err
+    assert _files(out) == before
+
+    # A --force that gets under way replaces the run, and keeps nothing of the old one aside.
     assert main(train_args(photos, out, "--force", "--seed", "7")) == 0
-    assert (out / "lora.safetensors").read_bytes() != lora_bytes
+    assert (out / "lora.safetensors").read_bytes() != before["lora.safetensors"]
+    assert not (out / "checkpoints").exists() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / ".replaced").exists() and not (out / ".discarded").exists()
 
 
 def test_compile_on_the_cpu(capsys, tmp_path, photos):

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from engine.cloud.client import DATASET_COMPLETE, modal_error
 from engine.cloud.executor import ModalExecutor, dataset_key, run_key
 from engine.cloud.remote import STOP
-from engine.errors import TrainingCancelled
+from engine.errors import LikenessError, TrainingCancelled
 from engine.events import Progress, SampleReady, Started
 from engine.executors import LocalExecutor, choose_executor
 from engine.placement import MODAL_GPUS, decide
@@ -217,6 +217,29 @@ def test_cancel_stops_the_remote_run_and_resume_continues_it(tmp_path, dataset, 
     assert RunDir(out).read_run()["status"] == "done"
     assert [r["step"] for r in RunDir(out).read_metrics()] == [1, 2, 3, 4, 5, 6]
     assert_same_lora(out, local_run)
+
+
+class _NoGpuToday(InProcessModal):
+    """Modal refusing the function (a quota, a region without the GPU) after the dataset went up."""
+
+    def start_training(self, request, gpu):
+        raise LikenessError(f"Modal has no {gpu} for you right now")
+
+
+@pytest.mark.slow
+def test_force_to_modal_keeps_the_old_run_until_the_new_one_takes_a_step(tmp_path, dataset, settings, local_run):
+    out = tmp_path / "run"
+    shutil.copytree(local_run, out)
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    config = tiny_train_config(dataset, out, force=True)
+
+    with pytest.raises(LikenessError, match="no A10G"):
+        ModalExecutor("A10G", _NoGpuToday(tmp_path / "cloud")).train(config, settings)
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+    ModalExecutor("A10G", InProcessModal(tmp_path / "cloud")).train(config, settings)
+    assert RunDir(out).read_run()["where"] == "modal"
+    assert not (out / ".replaced").exists() and not (out / ".discarded").exists()
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -214,3 +215,39 @@ def test_a_failed_job_names_its_log_once(capsys):
     reason = "the worker process died (exit code -9); see logs/job-000003.log"
     assert report_end(3, {"type": "failed", "data": {"reason": reason, "log": "logs/job-000003.log"}}) == 1
     assert capsys.readouterr().err.count("logs/job-000003.log") == 1
+
+
+def test_a_force_job_that_fails_to_load_or_dies_keeps_the_run_it_was_to_replace(tmp_path, trained_run, tiny_model,
+                                                                             dataset):
+    # The tiny model with half its UNet's weights (a damaged disk): it passes every check, then fails to load.
+    home = make_home(tmp_path / "home", dataset=dataset)
+    broken = home / "models" / tiny_model.name
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    out = home / "runs" / "old"
+    shutil.copytree(trained_run, out)
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert RunDir(out).checkpoint_steps()
+
+    service = Service(home).start()
+    try:
+        job = service.submit("train", train_config("runs/old", force=True, steps=2, sample_every=0))
+        ended = service.wait_for(job["id"], FINAL)[-1]
+        assert ended["type"] == "failed" and "could not be loaded as SDXL" in ended["data"]["reason"], ended
+        assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+        # The checkpoints there are the old run's: another attempt starts over, it does not resume them.
+        again = service.post(f"/jobs/{job['id']}/resume")
+        assert again.status_code == 200, again.text
+        assert again.json()["config"]["force"] is True and again.json()["config"]["resume"] is False
+
+        # That attempt killed with -9 after it set the old run aside (before it could fail to load):
+        # the service puts the old run back as it ends the job.
+        _wait(lambda: (out / ".replaced" / "moved.json").is_file(), every=0.01)
+        os.kill(_job(service, job["id"])["worker_pid"], 9)
+        ended = service.wait_for(job["id"], FINAL, last_event_id=again.json()["last_event_id"])[-1]
+        assert ended["type"] == "failed" and "exit code -9" in ended["data"]["reason"], ended
+        assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+        assert not (out / ".replaced").exists()
+    finally:
+        service.stop()

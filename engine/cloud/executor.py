@@ -74,20 +74,37 @@ class ModalExecutor(Executor):
         return self._client
 
     def train(self, config, settings, on_event: EventSink = ignore_events, step_hook=None):
-        from engine.cloud.remote import RemoteTrainRequest
-
         # 1. What can be checked here is checked here: a typo costs a second, not a container start.
         list_image_files(image_folder(config.data))
         run = RunDir(config.out)
-        if config.resume and not run.checkpoint_steps():
-            raise LikenessError(f"--resume: {config.out} has no checkpoint to resume from")
         source = resolve_base(config.base, settings)
         if source.kind in ("folder", "single_file"):
             raise LikenessError(f"--base {config.base} is on this machine, where a Modal run cannot see it: "
                                 "give a Hugging Face repo id, or train with --where local")
         client = self.client  # Modal installed, a token: before anything in the run folder is replaced
-        if not config.resume:
-            run.prepare_for_new_run(config.force)
+        recovered = run.recover_replaced()
+        if recovered is not None:
+            on_event(Log(recovered))
+        if config.resume and not run.checkpoint_steps():
+            raise LikenessError(f"--resume: {config.out} has no checkpoint to resume from")
+        replacing = not config.resume and run.prepare_for_new_run(config.force)
+
+        def under_way() -> None:
+            # The container's first step: as locally, the run --force replaces goes only now.
+            nonlocal replacing
+            if replacing:
+                run.discard_replaced()
+                replacing = False
+
+        try:
+            return self._train(client, config, run, on_event, step_hook, under_way)
+        except BaseException:
+            if replacing:
+                run.put_back_replaced()  # the new run never took a step: nothing of it is worth more
+            raise
+
+    def _train(self, client: ModalClient, config, run: RunDir, on_event: EventSink, step_hook, under_way):
+        from engine.cloud.remote import RemoteTrainRequest
 
         # 2. The dataset, once per content.
         key = dataset_key(config.data)
@@ -105,7 +122,7 @@ class ModalExecutor(Executor):
         on_event(Log(f"starting on Modal ({self.gpu})"))
         call = client.start_training(request.model_dump(), self.gpu)
         try:
-            self._follow(call, run, remote_run, on_event, step_hook)
+            self._follow(call, run, remote_run, on_event, step_hook, under_way)
             outcome = call.result()
         except TrainingCancelled:
             self._download(run, remote_run, config, key)
@@ -122,10 +139,12 @@ class ModalExecutor(Executor):
             raise LikenessError(f"the Modal run failed: {first}") from None
         finally:
             call.close()
+        under_way()  # it ended well: the new run, even if no progress event came through
         self._download(run, remote_run, config, key)
         return _result(run, outcome)
 
-    def _follow(self, call: RemoteCall, run: RunDir, remote_run: str, on_event: EventSink, step_hook) -> None:
+    def _follow(self, call: RemoteCall, run: RunDir, remote_run: str, on_event: EventSink, step_hook,
+                under_way) -> None:
         """Relay the container's events until it says it ended; cancel through ``step_hook``."""
         while True:
             message = call.next_event(timeout=EVENT_POLL_S)
@@ -135,6 +154,7 @@ class ModalExecutor(Executor):
             if kind == "end":
                 return
             if kind == "progress":
+                under_way()
                 on_event(Progress(message["step"], message["total"], message["loss"], message["lr"],
                                   message["seconds_per_step"], message["eta_seconds"]))
                 if step_hook is not None:

@@ -33,6 +33,7 @@ from engine.service.catalog import LOGS, file_url, relative
 from engine.service.errors import NotFound
 from engine.service.models import CPU_KINDS, FINAL_STATES, GPU_KINDS, Job
 from engine.service.queue import JobQueue
+from engine.service.worker_death import kernel_oom_kills, log_tail, worker_death
 from engine.settings import Settings
 
 INTERRUPTED_REASON = "the service stopped while this job ran; resume it to continue from its last checkpoint"
@@ -56,6 +57,8 @@ class _Worker:
     cancel_seen_at: float | None = None
     killed_for_cancel: bool = False
     ending: tuple[str, str] | None = None  # (state, reason) decided by the service, not the worker
+    log_start: int = 0  # where this attempt's output begins in its job's log
+    oom_kills_at_start: int | None = None  # the kernel's count of out-of-memory kills when it started
 
 
 class JobRunner:
@@ -179,6 +182,7 @@ class JobRunner:
             with handle:
                 handle.write(f"--- job {job.id} attempt {job.attempt}, {_now()}\n".encode())
                 handle.flush()
+                log_start = handle.tell()
                 # A session of its own: Ctrl-C in the service's terminal reaches the service, which
                 # then stops its workers cleanly, instead of killing them mid-write.
                 process = subprocess.Popen(
@@ -191,7 +195,8 @@ class JobRunner:
             # Kept as a dead worker until its end is on record: the reaper retries that at every poll.
             self._workers[job.id] = _Worker(_NoProcess(), job, slot, "", ending=("failed", reason))
             return
-        self._workers[job.id] = _Worker(process, job, slot, log)
+        self._workers[job.id] = _Worker(process, job, slot, log, log_start=log_start,
+                                        oom_kills_at_start=kernel_oom_kills())
         self.queue.set_worker(job.id, process.pid, log)
 
     def _reap(self) -> None:
@@ -201,6 +206,7 @@ class JobRunner:
                 continue
             # A worker records its own ending; one that died without a word (killed, out of memory,
             # a crash in native code) is ended here.
+            out_of_memory = False
             if worker.ending is not None:
                 state, reason = worker.ending
             elif worker.killed_for_cancel:
@@ -208,8 +214,13 @@ class JobRunner:
             elif self._stop.is_set():
                 state, reason = "interrupted", INTERRUPTED_REASON
             else:
-                state, reason = "failed", f"the worker process died (exit code {code}); see {worker.log}"
+                death = self._death(worker, code)
+                state, reason = "failed", death.reason
+                out_of_memory = death.out_of_memory and worker.job.kind == "train"
             data = {"reason": reason, **({"log": worker.log} if state == "failed" and worker.log else {})}
+            if out_of_memory:
+                # What a worker's own out-of-memory reports: the TUI offers Continue on Modal from here.
+                data.update(out_of_memory=True, checkpoint_step=_last_checkpoint(worker.job))
             try:
                 self.queue.finish(job_id, worker.job.attempt, state, error=reason, data=data)
                 ended = self.queue.get(job_id)
@@ -221,7 +232,14 @@ class JobRunner:
                 continue
             del self._workers[job_id]
             if ended.attempt == worker.job.attempt and ended.state in FINAL_STATES:
-                _settle_run_dir(ended, ended.state)
+                _settle_run_dir(ended, "out_of_memory" if out_of_memory else ended.state)
+
+    def _death(self, worker: _Worker, code: int):
+        """Why ``worker`` died without a word: its log's last lines and the kernel's out-of-memory kills say."""
+        tail = log_tail(self.home / worker.log, worker.log_start) if worker.log else ""
+        now = kernel_oom_kills()
+        before = worker.oom_kills_at_start
+        return worker_death(code, tail, now - before if now is not None and before is not None else 0, worker.log)
 
     def _enforce_cancels(self) -> None:
         now = time.monotonic()
@@ -285,11 +303,22 @@ def _settle_run_dir(job: Job, state: str) -> None:
     run = RunDir(Path(job.config["out"]))
     try:
         storage.remove_partials(run.root)
+        # A --force attempt that died before its first step: the run it was replacing comes back now, as
+        # the trainer would have put it back had it lived (and that run's record is not this job's to mark).
+        if run.recover_replaced() is not None:
+            return
         record = run.read_run()
         if record is not None and record.get("status") == "running":
             run.write_run({**record, "status": state})
-    except OSError as error:  # a full disk: run.json keeps its old word, the job's row has the truth
+    except (OSError, LikenessError) as error:  # a full disk: run.json keeps its old word, the job's row has the truth
         _say(f"likeness service: could not update {run.run_json}: {error}")
+
+
+def _last_checkpoint(job: Job) -> int | None:
+    if not isinstance(job.config.get("out"), str):
+        return None
+    steps = RunDir(Path(job.config["out"])).checkpoint_steps()
+    return steps[-1] if steps else None
 
 
 def _say(line: str) -> None:

@@ -198,7 +198,10 @@ def resume_config(job: Job, home: Path, where: Where | None = None) -> dict[str,
     if job.kind != "train":
         raise Conflict(f"job {job.id} is a {job.kind} job; only train jobs resume (submit it again)")
     config = TrainConfig.model_validate(job.config)
-    has_checkpoint = bool(RunDir(config.out).checkpoint_steps())
+    # A --force attempt that never took a step put back the run it was replacing: that run's
+    # checkpoints are not this job's to resume from (job.progress is the job's newest step, any attempt).
+    own_run = not config.force or job.progress is not None
+    has_checkpoint = own_run and bool(RunDir(config.out).checkpoint_steps())
     # No checkpoint yet (stopped while loading or before the first one): the same run from step 0.
     again = config.model_copy(update={"resume": has_checkpoint, "force": not has_checkpoint})
     if where == "modal":
