@@ -37,7 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from bench.results_file import save_report
+
 RESOLUTION = 1024
 
 # Dense bf16 tensor-core peak, TFLOP/s, by a substring of torch's device name (vendors' data sheets,
@@ -336,9 +337,7 @@ def main() -> None:
                                "source": "issue 11, H200, same settings, checkpointing on"}
         report["total_s"] = round(time.perf_counter() - started, 1)
     finally:
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"gpu-bench-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        path = save_report("gpu-bench", report)
         print(f"saved {path} ({time.perf_counter() - started:.0f} s)")
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

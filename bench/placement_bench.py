@@ -15,7 +15,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from bench.train_bench import RESULTS
+from bench.results_file import RESULTS, save_report
 
 CALIBRATION = Path(__file__).parent / "calibration" / "sdxl_lora_vram.json"
 MEASURED = Path(__file__).parent / "calibration" / "sdxl_phases_measured.json"
@@ -105,9 +105,7 @@ def main() -> None:
              " (none yet: run `python -m bench.train_bench --sdxl-unet` on a GPU)"))
     report = {"benchmark": "placement-estimate", "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "summary": summary, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"placement-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = save_report("placement", report)
     print(f"saved {path}")
 
 

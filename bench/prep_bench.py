@@ -13,7 +13,6 @@ Prints the figures and saves them to bench/results/prep-<timestamp>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -29,7 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-RESULTS = Path(__file__).parent / "results"
+from bench.results_file import save_report
+
 LIBRARY_SIZE = 1559  # the target: this many 12 MP photos in under 5 minutes on 2 cores
 
 
@@ -175,9 +175,7 @@ def main() -> None:
         "projected_seconds_for_1559_on_2_whole_cores": round(LIBRARY_SIZE * cold_cpu / cold.found / 2, 1),
         "stage_median_ms": stages,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"prep-{datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = save_report("prep", result)
     print(
         f"cold {result['cold_images_per_second']} images/s, warm {result['warm_images_per_second']} images/s; "
         f"at this rate {LIBRARY_SIZE} photos take {result['projected_seconds_for_1559'] / 60:.1f} min "

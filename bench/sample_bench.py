@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from bench.results_file import save_report
+
 PROMPTS = ["a photo of sks person", "sks person on a beach", "a painting of sks person"]
 SEEDS = (0, 1)
 
@@ -99,9 +98,7 @@ def main() -> None:
         "sample_steps": args.steps, "repeats": args.repeats, "results": results,
         "whole_grid_vs_one_at_a_time": round(ratio, 3), "max_abs_pixel_difference": difference,
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"sample-grid-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = save_report("sample-grid", report)
     print(f"saved {path}")
 
 

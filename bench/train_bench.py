@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from bench.results_file import save_report
 
 # name -> TrainConfig overrides. "default" is what `likeness train` does out of the box.
 TINY_VARIANTS = {
@@ -174,10 +174,7 @@ def main() -> None:
         "steps_per_variant": steps, "resolution": resolution, "lora_rank": 16, "batch_size": 1,
         "results": results,
     }
-    RESULTS.mkdir(exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = RESULTS / f"{report['benchmark']}-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = save_report(report["benchmark"], report)
     print(f"saved {path}")
 
 
