@@ -35,6 +35,17 @@ def test_a_cpu_estimate_grows_with_steps_grids_and_size_and_shrinks_with_cpu_sam
     assert cpu_seconds(config(steps=500, resolution=1024, sample_every=100), "sdxl") > 3600 * 8
 
 
+def test_a_cpu_estimate_draws_a_grid_in_batches_as_the_bench_measured():
+    # bench/sample_bench.py: a 3 x 2 tiny grid at 128 px, 25 steps, took 0.47x the one-at-a-time time
+    # drawn whole; the estimate's grids must shrink by about that, steps and loading unchanged.
+    run = config(steps=10, resolution=128, sample_every=10, sample_steps=25)
+    no_grids = cpu_seconds(run.model_copy(update={"sample_every": 0}), "tiny")
+    one_at_a_time = cpu_seconds(run, "tiny") - no_grids
+    whole = cpu_seconds(run, "tiny", sample_batch=6) - no_grids
+    assert 0.4 < whole / one_at_a_time < 0.55
+    assert cpu_seconds(run, "tiny", sample_batch=2) - no_grids > whole
+
+
 def test_a_phase_reads_as_what_the_run_is_doing():
     assert Phase("sampling", 2, 5, 0.4).describe() == "drawing sample grid 2/5 40%"
     assert Phase("sampling", 1, 3).describe() == "drawing sample grid 1/3"

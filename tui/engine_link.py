@@ -150,8 +150,10 @@ class EngineLink:
             config = {**{k: list(v) if isinstance(v, tuple) else v for k, v in CPU_SAMPLING.items()}, **config}
             train_config = TrainConfig(data=Path("."), out=Path("."), **config)
             # The savers' line names the sample batch, which depends on the smaller grid this run draws.
-            line = decide(train_config, local_gpus=local, host_free_gib=host_free_gib).summary()
-            minutes = cpu_seconds(train_config, model_family(train_config)) / 60
+            decision = decide(train_config, local_gpus=local, host_free_gib=host_free_gib)
+            line = decision.summary()
+            plan = decision.estimate.plan
+            minutes = cpu_seconds(train_config, model_family(train_config), plan.sample_batch if plan else 1) / 60
             line += f"\n~{minutes:.0f} min on this CPU (rough); " if minutes >= 1 else "\nunder a minute on this CPU; "
             line += sampling_line(train_config) + " (fewer than on a GPU: a CPU draws them slowly)"
         else:
