@@ -211,3 +211,27 @@ def test_generate_says_a_rejected_request_was_not_started(service):
         assert "generating" not in text(app, "#status")
 
     run(app, steps)
+
+
+def test_an_empty_checkpoint_field_shows_the_step_the_engine_will_use(service):
+    import json
+
+    folder = service.home / "runs" / "recommended-run"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps({
+        "status": "done", "config": {"resolution": 64}, "steps": 6,
+        "recommendation": {"step": 4, "reason": "best likeness before memorisation rose"}}))
+    app = LikenessApp(EngineLink(ServiceClient(service.url)))
+
+    async def steps(pilot) -> None:
+        await pilot.press("escape", "4")
+        await until(pilot, lambda: type(app.screen).__name__ == "GenerateScreen", what="Generate")
+        gen = app.screen
+        select = gen.query_one("#run", Select)
+        await until(pilot, lambda: "recommended-run" in {str(value) for _, value in select._options},
+                    what="the run listed")
+        select.value = "recommended-run"
+        await until(pilot, lambda: gen.query_one("#step", Input).placeholder == "4 (recommended)",
+                    what="the recommended step as the placeholder")
+
+    run(app, steps)

@@ -41,7 +41,7 @@ class GenerateScreen(EngineScreen):
                 with Vertical(classes="stack"):
                     yield Label("Run")
                     yield Select([], prompt="train one first (2)", id="run")
-                    yield Label("Checkpoint step (empty: the final LoRA)")
+                    yield Label("Checkpoint step (empty: recommended, else final)")
                     yield Input(placeholder="final", id="step", type="integer")
                     yield Label("Preset")
                     yield Select([("age 5 → 80", "age"), ("strength 0 → 1", "strength"),
@@ -69,11 +69,19 @@ class GenerateScreen(EngineScreen):
         select = self.query_one("#run", Select)
         current = select.value
         finished = [r for r in runs if r.get("status") == "done"]
+        self.recommended_steps = {r["name"]: r.get("recommended_step") for r in finished}
         select.set_options([(r["name"], r["name"]) for r in finished])
         if current in {r["name"] for r in finished}:
             select.value = current
         elif finished:
             select.value = finished[-1]["name"]
+
+    @on(Select.Changed, "#run")
+    def run_changed(self) -> None:
+        # The placeholder says what an empty field draws with: the engine takes the recommended step.
+        select = self.query_one("#run", Select)
+        step = None if select.is_blank() else getattr(self, "recommended_steps", {}).get(str(select.value))
+        self.query_one("#step", Input).placeholder = "final" if step is None else f"{step} (recommended)"
 
     @on(Select.Changed, "#preset")
     def preset_changed(self, event: Select.Changed) -> None:
