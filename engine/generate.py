@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,6 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
     quiet_libraries()
     import torch
     from diffusers import DDIMScheduler
-    from PIL.PngImagePlugin import PngInfo
 
     from engine.base_models import load_sdxl_pipeline
     from engine.device import choose_placement
@@ -262,57 +262,73 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
     combos = expand(axes) if axes else [{}]
     versions = library_versions()
     on_event(Started(0, len(combos)))
-    images: list[GeneratedImage] = []
-    for index, combo in enumerate(combos):
-        values = {**fixed, **{k: v for k, v in combo.items() if k not in PARAMETER_AXES}}
-        params = {name: combo.get(name, getattr(config, name))
-                  for name in ("lora_scale", "temperature", "guidance", "seed", "steps")}
-        params["step"] = combo.get("step", chosen_step)
-        prompt = config.prompt.format(**{k: values[k] for k in placeholders(config.prompt)})
-        lora_path = lora_files.get(params["step"]) if lora_files else None
-        if lora is not None:
-            lora.use(adapters[params["step"]] if params["lora_scale"] > 0 else None, params["lora_scale"])
-        started = dt.datetime.now()
-        with torch.no_grad():
-            image = pipe(
-                prompt=prompt, negative_prompt=config.negative_prompt or None,
-                num_inference_steps=params["steps"], guidance_scale=params["guidance"], eta=params["temperature"],
-                width=width, height=height, generator=torch.Generator("cpu").manual_seed(params["seed"]),
-            ).images[0]
-        seconds = (dt.datetime.now() - started).total_seconds()
-        score = score_images(identity, [image])[0]
-        sidecar = {
-            "prompt": prompt, "negative_prompt": config.negative_prompt, "template": config.prompt,
-            "placeholders": values, "seed": params["seed"], "generator_device": "cpu",
-            "steps": params["steps"], "guidance_scale": params["guidance"],
-            "temperature": params["temperature"], "eta": params["temperature"], "scheduler": "DDIMScheduler",
-            "width": width, "height": height, "base": base.location, "base_spec": base.spec,
-            "base_arg": base.location if base.kind in ("folder", "single_file") else base.spec,
-            "base_sha256": fingerprint.get("sha256"), "base_unet_sha256": fingerprint.get("unet_sha256"),
-            "base_revision": fingerprint.get("revision"),
-            "lora": str(lora_path) if lora_path else None, "lora_scale": params["lora_scale"] if lora_path else 0.0,
-            "lora_name": names[params["step"]] if lora_path else None,
-            "lora_sha256": hashes[lora_path]["sha256"] if lora_path else None,
-            "lora_autov3": hashes[lora_path]["autov3"] if lora_path else None,
-            "prompt_truncated": prompt in truncated,
-            "checkpoint_step": params["step"], "torch_dtype": placement.weight_dtype, "device": placement.device,
-            "seconds": round(seconds, 3), "identity_score": score, "likeness_version": versions["likeness"],
-            "diffusers_version": versions["diffusers"], "sweep": {k: v for k, v in combo.items()},
-        }
-        path = out / "images" / f"{index:04d}.png"
-        info = PngInfo()
-        info.add_text("parameters", a1111_parameters(sidecar))
-        info.add_text("likeness", json.dumps(sidecar))
-        save_png_atomically(image, path, pnginfo=info)
-        path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
-        images.append(GeneratedImage(path, sidecar))
-        on_event(Progress(index + 1, len(combos), None, None, seconds, seconds * (len(combos) - index - 1)))
+    # Scoring the face, encoding the PNG and writing the sidecar take the CPU most of a second at
+    # 1024 px: a thread does them for one image while the GPU draws the next, so an image costs what
+    # the pipeline alone does (dlib and zlib let go of the GIL). At most two wait, so memory stays flat.
+    saving = ThreadPoolExecutor(max_workers=1, thread_name_prefix="likeness-save")
+    pending: list[Future] = []
+    try:
+        for index, combo in enumerate(combos):
+            if len(pending) >= 2:
+                pending[-2].result()  # surfaces a failed save at once, and bounds the queue
+            values = {**fixed, **{k: v for k, v in combo.items() if k not in PARAMETER_AXES}}
+            params = {name: combo.get(name, getattr(config, name))
+                      for name in ("lora_scale", "temperature", "guidance", "seed", "steps")}
+            params["step"] = combo.get("step", chosen_step)
+            prompt = config.prompt.format(**{k: values[k] for k in placeholders(config.prompt)})
+            lora_path = lora_files.get(params["step"]) if lora_files else None
+            if lora is not None:
+                lora.use(adapters[params["step"]] if params["lora_scale"] > 0 else None, params["lora_scale"])
+            started = dt.datetime.now()
+            with torch.no_grad():
+                image = pipe(
+                    prompt=prompt, negative_prompt=config.negative_prompt or None,
+                    num_inference_steps=params["steps"], guidance_scale=params["guidance"], eta=params["temperature"],
+                    width=width, height=height, generator=torch.Generator("cpu").manual_seed(params["seed"]),
+                ).images[0]
+            seconds = (dt.datetime.now() - started).total_seconds()
+            sidecar = {
+                "prompt": prompt, "negative_prompt": config.negative_prompt, "template": config.prompt,
+                "placeholders": values, "seed": params["seed"], "generator_device": "cpu",
+                "steps": params["steps"], "guidance_scale": params["guidance"],
+                "temperature": params["temperature"], "eta": params["temperature"], "scheduler": "DDIMScheduler",
+                "width": width, "height": height, "base": base.location, "base_spec": base.spec,
+                "base_arg": base.location if base.kind in ("folder", "single_file") else base.spec,
+                "base_sha256": fingerprint.get("sha256"), "base_unet_sha256": fingerprint.get("unet_sha256"),
+                "base_revision": fingerprint.get("revision"),
+                "lora": str(lora_path) if lora_path else None, "lora_scale": params["lora_scale"] if lora_path else 0.0,
+                "lora_name": names[params["step"]] if lora_path else None,
+                "lora_sha256": hashes[lora_path]["sha256"] if lora_path else None,
+                "lora_autov3": hashes[lora_path]["autov3"] if lora_path else None,
+                "prompt_truncated": prompt in truncated,
+                "checkpoint_step": params["step"], "torch_dtype": placement.weight_dtype, "device": placement.device,
+                "seconds": round(seconds, 3), "identity_score": None, "likeness_version": versions["likeness"],
+                "diffusers_version": versions["diffusers"], "sweep": {k: v for k, v in combo.items()},
+            }
+            pending.append(saving.submit(_save_image, image, sidecar, identity, out / "images" / f"{index:04d}.png"))
+            on_event(Progress(index + 1, len(combos), None, None, seconds, seconds * (len(combos) - index - 1)))
+        images = [future.result() for future in pending]
+    finally:
+        saving.shutdown(wait=True, cancel_futures=True)
 
     heading = grid_heading(config, axes)
     grids = _write_grids(out, axes, images, scored=identity is not None, heading=heading)
     for grid in grids:
         on_event(Log(f"grid: {grid}"))
     return GenerateResult(out, images, grids)
+
+
+def _save_image(image, sidecar: dict[str, Any], identity, path: Path) -> GeneratedImage:
+    """Score the image's face, then write it with its parameters (A1111's and ours) and its sidecar."""
+    from PIL.PngImagePlugin import PngInfo
+
+    sidecar["identity_score"] = score_images(identity, [image])[0]
+    info = PngInfo()
+    info.add_text("parameters", a1111_parameters(sidecar))
+    info.add_text("likeness", json.dumps(sidecar))
+    save_png_atomically(image, path, pnginfo=info)
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    return GeneratedImage(path, sidecar)
 
 
 class _FusedLora:
