@@ -37,6 +37,16 @@ def service(tmp_path_factory, tiny_model, demo_photos, dataset):
     service.stop()
 
 
+def finished_run(home, name: str, **record) -> None:
+    """A run folder whose run.json says it finished: what the Runs and Generate screens list."""
+    import json
+
+    folder = home / "runs" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps({"status": "done", "config": {"resolution": 64}, "steps": 6,
+                                                 **record}))
+
+
 def run(app: LikenessApp, steps) -> None:
     async def walk() -> None:
         async with app.run_test(size=(160, 50)) as pilot:
@@ -166,13 +176,9 @@ def test_live_run_shows_the_followed_jobs_own_state_and_switches_jobs(service):
 
 
 def test_runs_table_keeps_its_cursor_and_focus_and_highlights_marked_runs(service):
-    import json
 
     for name in ("a-run", "b-run"):  # two finished-looking runs, as run.json records them
-        folder = service.home / "runs" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "run.json").write_text(json.dumps({"status": "done", "config": {"resolution": 64}, "steps": 6,
-                                                     "dataset": str(service.home / "datasets" / "astronaut")}))
+        finished_run(service.home, name, dataset=str(service.home / "datasets" / "astronaut"))
     app = LikenessApp(EngineLink(ServiceClient(service.url)))
 
     async def steps(pilot) -> None:
@@ -214,13 +220,9 @@ def test_generate_says_a_rejected_request_was_not_started(service):
 
 
 def test_an_empty_checkpoint_field_shows_the_step_the_engine_will_use(service):
-    import json
 
-    folder = service.home / "runs" / "recommended-run"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "run.json").write_text(json.dumps({
-        "status": "done", "config": {"resolution": 64}, "steps": 6,
-        "recommendation": {"step": 4, "reason": "best likeness before memorisation rose"}}))
+    finished_run(service.home, "recommended-run",
+                 recommendation={"step": 4, "reason": "best likeness before memorisation rose"})
     app = LikenessApp(EngineLink(ServiceClient(service.url)))
 
     async def steps(pilot) -> None:
