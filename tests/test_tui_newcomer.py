@@ -177,8 +177,11 @@ def test_live_run_shows_the_followed_jobs_own_state_and_switches_jobs(service):
 
 def test_runs_table_keeps_its_cursor_and_focus_and_highlights_marked_runs(service):
 
-    for name in ("a-run", "b-run"):  # two finished-looking runs, as run.json records them
-        finished_run(service.home, name, dataset=str(service.home / "datasets" / "astronaut"))
+    for name in ("a-run", "b-run"):  # two finished runs, every column filled as run.json records them
+        finished_run(service.home, name, dataset=str(service.home / "datasets" / "astronaut"), num_images=39,
+                     lora_rank=16, wall_time_s=1560.0, cost_usd=0.52, gpu_name="NVIDIA GeForce RTX 4090",
+                     peak_memory_mb=12512.4, final_loss=0.1234, identity_score_last_grid=0.41,
+                     best_likeness={"likeness": 0.38, "step": 300, "memorisation": 0.21})
     app = LikenessApp(EngineLink(ServiceClient(service.url)))
 
     async def steps(pilot) -> None:
@@ -188,6 +191,8 @@ def test_runs_table_keeps_its_cursor_and_focus_and_highlights_marked_runs(servic
         table = runs.query_one("#runs", DataTable)
         await until(pilot, lambda: table.row_count >= 2, what="two runs")
         assert runs.focused is table
+        # At 160 columns the whole comparison shows, likeness and memorisation included: no sideways scroll.
+        assert table.virtual_size.width <= table.size.width, (table.virtual_size.width, table.size.width)
         await pilot.press("down")
         await pilot.press("r")  # a refresh rebuilds the rows: the cursor and the focus stay
         await pilot.pause(1.5)

@@ -63,7 +63,7 @@ def test_launch_navigate_and_quit_in_tmux(tmp_path, tiny_model):
             assert time.monotonic() < deadline, "Escape did not close the help"
             time.sleep(0.2)
         subprocess.run([tmux(), "send-keys", "-t", session, "5"], check=True)
-        wait_for_text(session, "training images")
+        wait_for_text(session, "peak memory")
         subprocess.run([tmux(), "send-keys", "-t", session, "q"], check=True)
         deadline = time.monotonic() + 30
         while subprocess.run([tmux(), "has-session", "-t", session], capture_output=True).returncode == 0:
@@ -235,7 +235,7 @@ def test_a_newcomers_first_hour(tmp_path, tiny_model):
         wait_for_text(session, "done: 1 grid(s)", timeout=180)
 
         # Runs: mark both, see them side by side.
-        screen = press_until(session, "5", "LoRA rank")
+        screen = press_until(session, "5", "best likeness")
         screen = wait_for_text(session, "second")
         assert "photos-custom" in screen and "64 px" in screen
         send(session, "space", "Down", "space")

@@ -24,8 +24,9 @@ def test_runs_table_row_has_the_seed_columns_and_dashes_for_unknowns():
                    "peak_memory_mb": 9512.4, "final_loss": 0.12345, "identity_score_last_grid": 0.41,
                    "best_likeness": 0.3812, "best_likeness_step": 300, "memorisation_at_best": 0.214})
     assert len(row) == len(COLUMNS)
-    assert row == ("r1", "done", "datasets/me", "1024 px", "39", "500", "NVIDIA A10G", "16", "26.0 min", "$0.50",
+    assert row == ("r1", "done", "me", "1024 px", "39", "500", "A10G", "16", "26.0 min", "$0.50",
                    "9,512 MB", "0.1235", "0.41", "0.38", "300", "0.21")
+    assert run_row({"name": "r3", "gpu_name": "NVIDIA GeForce RTX 4090"})[6] == "RTX 4090"
     sparse = run_row({"name": "r2", "device": "cpu"})
     assert sparse[1:4] == ("–", "–", "–") and sparse[6] == "cpu" and sparse[8] == "–" and sparse[9] == "–"
     assert sparse[-3:] == ("–", "–", "–")

@@ -4,6 +4,8 @@ step copies the training photos. Mark two runs to see their newest grids side by
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -14,9 +16,10 @@ from textual.widgets import DataTable, Static
 from tui.screens.base import EngineScreen
 from tui.widgets.picture import Picture
 
-COLUMNS = ("run", "status", "dataset", "resolution", "training images", "steps", "GPU", "LoRA rank",
-           "training time", "cost", "peak memory", "final loss", "face distance", "best likeness", "at step",
-           "memorisation")
+# Short headers and values: at 160 columns the whole comparison fits, likeness and memorisation included
+# (the README and the help name each column in full).
+COLUMNS = ("run", "status", "dataset", "size", "images", "steps", "GPU", "rank", "time", "cost", "peak memory",
+           "final loss", "face dist", "best likeness", "at step", "memorisation")
 MARKED_STYLE = "bold reverse"
 
 
@@ -29,15 +32,20 @@ def run_row(run: dict) -> tuple[str, ...]:
     minutes = None if wall is None else wall / 60
     cost = run.get("cost_usd")
     return (
-        run["name"], run.get("status") or "–", run.get("dataset") or "–", fmt(run.get("resolution"), "", " px"),
-        fmt(run.get("num_images")), fmt(run.get("steps")),
-        run.get("gpu_name") or run.get("device") or "–", fmt(run.get("lora_rank")),
+        run["name"], run.get("status") or "–", PurePath(run["dataset"]).name if run.get("dataset") else "–",
+        fmt(run.get("resolution"), "", " px"), fmt(run.get("num_images")), fmt(run.get("steps")),
+        _short_gpu(run.get("gpu_name")) or run.get("device") or "–", fmt(run.get("lora_rank")),
         fmt(minutes, ".1f", " min"), "–" if cost is None else f"${cost:.2f}",
         fmt(run.get("peak_memory_mb"), ",.0f", " MB"), fmt(run.get("final_loss"), ".4f"),
         fmt(run.get("identity_score_last_grid"), ".2f"),
         fmt(run.get("best_likeness"), ".2f"), fmt(run.get("best_likeness_step")),
         fmt(run.get("memorisation_at_best"), ".2f"),
     )
+
+
+def _short_gpu(name: str | None) -> str | None:
+    """'NVIDIA GeForce RTX 4090' as 'RTX 4090': the vendor's words say nothing a comparison needs."""
+    return name.removeprefix("NVIDIA ").removeprefix("GeForce ") if name else None
 
 
 class RunsScreen(EngineScreen):
