@@ -16,8 +16,8 @@ from textual.widgets import DataTable, Static
 from tui.screens.base import EngineScreen
 from tui.widgets.picture import Picture
 
-# Short headers and values: at 160 columns the whole comparison fits, likeness and memorisation included
-# (the README and the help name each column in full).
+# Short headers and values: at 160 columns the whole comparison fits, likeness and memorisation included.
+# "face dist" is the last grid's face distance; "best likeness" the best grid's, "at step" its step.
 COLUMNS = ("run", "status", "dataset", "size", "images", "steps", "GPU", "rank", "time", "cost", "peak memory",
            "final loss", "face dist", "best likeness", "at step", "memorisation")
 MARKED_STYLE = "bold reverse"
