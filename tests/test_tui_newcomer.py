@@ -47,6 +47,12 @@ def finished_run(home, name: str, **record) -> None:
                                                  **record}))
 
 
+async def open_screen(pilot, app: LikenessApp, key: str, screen: str) -> None:
+    """Leave the focused field and press a screen's number key; wait until that screen shows."""
+    await pilot.press("escape", key)
+    await until(pilot, lambda: type(app.screen).__name__ == screen, what=screen)
+
+
 def run(app: LikenessApp, steps) -> None:
     async def walk() -> None:
         async with app.run_test(size=(160, 50)) as pilot:
@@ -97,8 +103,7 @@ def test_train_screen_estimate_follows_every_field_and_names_the_bad_one(service
     app = LikenessApp(EngineLink(ServiceClient(service.url)))
 
     async def steps(pilot) -> None:
-        await pilot.press("escape", "2")
-        await until(pilot, lambda: type(app.screen).__name__ == "TrainScreen", what="Train screen")
+        await open_screen(pilot, app, "2", "TrainScreen")
         screen = app.screen
         await until(pilot, lambda: "needs ~" in text(app, "#placement"), what="the placement line")
         assert "$" in text(app, "#placement")  # SDXL with no GPU here: a cloud GPU, with a price
@@ -148,8 +153,7 @@ def test_live_run_shows_the_followed_jobs_own_state_and_switches_jobs(service):
     app = LikenessApp(EngineLink(client))
 
     async def steps(pilot) -> None:
-        await pilot.press("escape", "3")
-        await until(pilot, lambda: type(app.screen).__name__ == "LiveRunScreen", what="Live run")
+        await open_screen(pilot, app, "3", "LiveRunScreen")
         live = app.screen
         await until(pilot, lambda: live.job_id is not None, what="a job to follow")
         await until(pilot, lambda: "step " in text(app, "#stats"), timeout=180, what="job 1's steps")
@@ -185,8 +189,7 @@ def test_runs_table_keeps_its_cursor_and_focus_and_highlights_marked_runs(servic
     app = LikenessApp(EngineLink(ServiceClient(service.url)))
 
     async def steps(pilot) -> None:
-        await pilot.press("escape", "5")
-        await until(pilot, lambda: type(app.screen).__name__ == "RunsScreen", what="Runs")
+        await open_screen(pilot, app, "5", "RunsScreen")
         runs = app.screen
         table = runs.query_one("#runs", DataTable)
         await until(pilot, lambda: table.row_count >= 2, what="two runs")
@@ -209,8 +212,7 @@ def test_generate_says_a_rejected_request_was_not_started(service):
     app = LikenessApp(EngineLink(ServiceClient(service.url)))
 
     async def steps(pilot) -> None:
-        await pilot.press("escape", "4")
-        await until(pilot, lambda: type(app.screen).__name__ == "GenerateScreen", what="Generate")
+        await open_screen(pilot, app, "4", "GenerateScreen")
         gen = app.screen
         await pilot.press("g")  # no finished run chosen: a warning, not "runs/Select.NULL"
         await pilot.pause(0.3)
@@ -231,8 +233,7 @@ def test_an_empty_checkpoint_field_shows_the_step_the_engine_will_use(service):
     app = LikenessApp(EngineLink(ServiceClient(service.url)))
 
     async def steps(pilot) -> None:
-        await pilot.press("escape", "4")
-        await until(pilot, lambda: type(app.screen).__name__ == "GenerateScreen", what="Generate")
+        await open_screen(pilot, app, "4", "GenerateScreen")
         gen = app.screen
         select = gen.query_one("#run", Select)
         await until(pilot, lambda: "recommended-run" in {str(value) for _, value in select._options},
