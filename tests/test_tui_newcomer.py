@@ -128,6 +128,11 @@ def test_train_screen_estimate_follows_every_field_and_names_the_bad_one(service
         # Prep made its images at 64 px: the run trains at that size, and the preset is still Quick.
         await until(pilot, lambda: screen.query_one("#resolution", Input).value == "64",
                     what="the resolution to follow the dataset")
+        # A size the user types stays when the screen refreshes its lists (r, or coming back to it).
+        screen.query_one("#resolution", Input).value = "128"
+        await pilot.press("escape", "r")
+        await pilot.pause(1.5)
+        assert screen.query_one("#resolution", Input).value == "128"
         await until(pilot, lambda: screen.query_one("#name", Input).placeholder == "astronaut-quick",
                     what="the run name placeholder")
         screen.query_one("#steps", Input).value = "40"

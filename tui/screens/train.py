@@ -131,9 +131,13 @@ class TrainScreen(EngineScreen):
     @on(Select.Changed, "#dataset")
     def dataset_changed(self) -> None:
         # Train at the size prep made the images: larger only enlarges them (softer), smaller wastes them.
-        size = getattr(self, "dataset_sizes", {}).get(self._dataset())
-        if size:
+        # Only when another dataset is picked: a refresh re-selects the same one, and a size the user
+        # typed for it stays.
+        dataset = self._dataset()
+        size = getattr(self, "dataset_sizes", {}).get(dataset)
+        if size and dataset != getattr(self, "sized_for", None):
             self.query_one("#resolution", Input).value = str(size)
+            self.sized_for = dataset
         self._update_name()
 
     @on(Input.Changed)
