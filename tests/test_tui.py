@@ -118,7 +118,7 @@ def test_photos_to_train_to_live_run_to_generate_to_runs(service, photos):
             runs = app.screen
             await until(pilot, lambda: runs.query_one("#runs", DataTable).row_count == 1, what="the runs table")
             row = runs.query_one("#runs", DataTable).get_row_at(0)
-            assert row[:4] == ["tui-run", "done", "datasets/astronaut", "64 px"]
+            assert row[:4] == ["tui-run", "done", "astronaut", "64 px"]
             assert row[5] == "40" and row[7] == "4"
             assert row[COLUMNS.index("best likeness")] == "–"  # no face in any grid: no best likeness
             await pilot.press("space")
