@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.generate_bench import image_times
 from bench.results_file import save_report
 
 RESOLUTION = 1024
@@ -224,14 +225,7 @@ def _generate(model: Path, run: Path, work: Path, env: dict, log: Path) -> dict:
     out = work / "generated"
     wall = _likeness(["generate", "--lora", str(run), "--base", str(model), "--out", str(out), "--steps", "30",
                       "--guidance", "5", "--width", str(RESOLUTION), "--sweep", "seed=0,1,2,3,4,5"], env, log)
-    seconds = [json.loads(p.read_text())["seconds"] for p in sorted((out / "images").glob("*.json"))]
-    # What a user waits per image is one saved picture to the next: the pipeline, and the face scoring
-    # and PNG writing, which overlap the next image's denoising. The sidecar's seconds are the pipeline's alone.
-    saved = sorted(p.stat().st_mtime for p in (out / "images").glob("*.png"))
-    between = [later - earlier for earlier, later in zip(saved, saved[1:], strict=False)]
-    return {"wall_s": round(wall, 1), "s_per_image": round(statistics.median(between), 3),
-            "pipeline_s_per_image": round(statistics.median(seconds[1:]), 3),
-            "images_timed": len(between), "first_image_s": seconds[0]}
+    return {"wall_s": round(wall, 1), **image_times(out / "images")}
 
 
 def _diffusers_fused(model: Path, run: Path) -> dict:
