@@ -29,10 +29,10 @@ PROMPT = "a photo of sks person"
 
 
 def _tiny_run(work: Path) -> Path:
-    from engine.demo import make_demo_photos
+    from engine.prep.demo_photos import make_demo_photos
     from engine.settings import Settings
-    from engine.train_config import TrainConfig
-    from engine.train_sdxl import train
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import train
 
     make_demo_photos(work / "photos", count=4)
     train(TrainConfig(data=work / "photos", out=work / "run", base="tiny", steps=2, resolution=128, rank=8,
@@ -56,7 +56,7 @@ def image_times(images: Path) -> dict:
 
 
 def _likeness(run: Path, out: Path, resolution: int, steps: int, images: int) -> dict:
-    from engine.generate import GenerateConfig, generate
+    from engine.generation.generator import GenerateConfig, generate
     from engine.settings import Settings
 
     generate(GenerateConfig(lora=run, prompt=PROMPT, steps=steps, width=resolution, out=out, force=True,
@@ -69,8 +69,8 @@ def _diffusers(run: Path, resolution: int, steps: int, images: int) -> float:
     import torch
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
+    from engine.models.tiny import ensure_tiny_model
     from engine.settings import Settings
-    from engine.tiny_model import ensure_tiny_model
 
     pipe = StableDiffusionXLPipeline.from_pretrained(ensure_tiny_model(Settings().models_dir))
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

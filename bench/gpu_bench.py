@@ -104,7 +104,7 @@ def build_models(scale: float = 1.0, device: str = "cpu", seed: int = 0) -> dict
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from engine.tiny_model import _byte_level_vocab
+    from engine.models.tiny import _byte_level_vocab
 
     configs = sdxl_configs(scale)
     vocab = _byte_level_vocab()
@@ -125,7 +125,7 @@ def save_model(target: Path, scale: float = 1.0, device: str = "cpu") -> float:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
 
-    from engine.tiny_model import _byte_level_vocab
+    from engine.models.tiny import _byte_level_vocab
 
     started = time.perf_counter()
     models = build_models(scale, device)
@@ -152,7 +152,7 @@ def step_flops(scale: float = 1.0, batch: int = 1, resolution: int = RESOLUTION,
     from peft import LoraConfig
     from torch.utils.flop_counter import FlopCounterMode
 
-    from engine.lora_files import UNET_TARGET_MODULES
+    from engine.models.lora_files import UNET_TARGET_MODULES
 
     unet = build_models(scale, "meta")["unet"]
     unet.requires_grad_(False)
@@ -287,7 +287,7 @@ def main() -> None:
         print(f"model: {report['model_bytes_on_disk'] / 1e9:.2f} GB in {report.get('build_s', 0):.0f} s", flush=True)
 
         # 2. Training, one process per variant.
-        from engine.demo import make_demo_photos
+        from engine.prep.demo_photos import make_demo_photos
 
         photos = work / "photos"
         if not photos.is_dir():

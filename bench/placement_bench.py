@@ -1,4 +1,4 @@
-"""How far engine/placement.py's VRAM estimate is from the calibration points. Prints a table, saves JSON.
+"""How far engine/placement/decision.py's VRAM estimate is from the calibration points. Prints a table, saves JSON.
 
     python -m bench.placement_bench
 
@@ -30,7 +30,7 @@ _SDXL_UNET_VARIANTS = {
 
 
 def _config(fields: dict, resolution: int | None = None):
-    from engine.train_config import TrainConfig
+    from engine.training.config import TrainConfig
 
     values = {"data": Path("."), "out": Path("."), **fields}
     if resolution is not None:
@@ -39,7 +39,7 @@ def _config(fields: dict, resolution: int | None = None):
 
 
 def reference_rows() -> list[dict]:
-    from engine.placement import estimate_peak_vram
+    from engine.placement.decision import estimate_peak_vram
 
     rows = []
     for point in json.loads(CALIBRATION.read_text())["points"]:
@@ -55,7 +55,7 @@ def reference_rows() -> list[dict]:
 
 def calibration_rows() -> list[dict]:
     """The measured phases of likeness's own runs against the estimate of the same phase and plan."""
-    from engine.memory_estimate import MemoryPlan, estimate_phases
+    from engine.training.memory_plan import MemoryPlan, estimate_phases
 
     rows = []
     for point in json.loads(MEASURED.read_text())["points"]:
@@ -69,7 +69,7 @@ def calibration_rows() -> list[dict]:
 
 
 def measured_rows() -> list[dict]:
-    from engine.placement import estimate_peak_vram
+    from engine.placement.decision import estimate_peak_vram
 
     rows = []
     for path in sorted(RESULTS.glob("sdxl-unet-*.json")):

@@ -3,11 +3,11 @@
     python -m bench.sample_bench                  # the tiny model, 3 prompts x 2 seeds, 128 px, 25 steps
     python -m bench.sample_bench --repeats 9 --resolution 64
 
-The grid is drawn as the trainer draws it (engine.sample_grid.render_images with the prompts encoded
+The grid is drawn as the trainer draws it (engine.training.sample_grid.render_images with the prompts encoded
 beforehand and each image decoded by itself), on whatever device torch picks first (CUDA, else the
 CPU). Batch 1 and the whole grid alternate in each repeat, so a neighbour's load on a shared machine
 falls on both; a warm-up grid of each comes first and is not timed. One torch thread by default (the
-figure in engine.estimates is for one thread too). The pictures of the two are
+figure in engine.training.eta is for one thread too). The pictures of the two are
 compared too: batching must not change them beyond rounding.
 """
 
@@ -32,9 +32,9 @@ def _grid_drawer(resolution: int, steps: int):
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from engine.sample_grid import PromptEmbeds, decode_latents, render_images
+    from engine.models.tiny import ensure_tiny_model
     from engine.settings import Settings
-    from engine.tiny_model import ensure_tiny_model
+    from engine.training.sample_grid import PromptEmbeds, decode_latents, render_images
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = StableDiffusionXLPipeline.from_pretrained(ensure_tiny_model(Settings().models_dir)).to(device)

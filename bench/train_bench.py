@@ -52,10 +52,10 @@ SDXL_UNET = dict(
 
 def _tiny_variant(overrides: dict, steps: int, resolution: int) -> dict:
     """Run the real trainer on the tiny model; return median s/step and peak memory."""
-    from engine.demo import make_demo_photos
+    from engine.prep.demo_photos import make_demo_photos
     from engine.settings import Settings
-    from engine.train_config import TrainConfig
-    from engine.train_sdxl import train
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import train
 
     with tempfile.TemporaryDirectory() as scratch:
         photos = Path(scratch) / "photos"
@@ -78,7 +78,7 @@ def _sdxl_variant(overrides: dict, steps: int, resolution: int) -> dict:
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
 
-    from engine.lora_files import UNET_TARGET_MODULES
+    from engine.models.lora_files import UNET_TARGET_MODULES
 
     if not torch.cuda.is_available():
         raise SystemExit("--sdxl-unet needs a CUDA GPU (a full-size SDXL UNet step on the CPU takes minutes)")

@@ -25,15 +25,15 @@ class SampleReady:
     step: int
     path: Path
     identity_score: float | None = None  # mean face distance to the person; None = no face / no identity
-    likeness: float | None = None  # median face distance to the person (engine.sample_measures)
+    likeness: float | None = None  # median face distance to the person (engine.training.sample_measures)
     memorisation: float | None = None  # 0..1: how close the pictures are to their nearest training photo
     variety: float | None = None  # median face distance between the grid's faces
-    recommended_step: int | None = None  # the run's recommended step with this grid counted (engine.recommend)
+    recommended_step: int | None = None  # the run's recommended step with this grid counted (engine.training.recommend)
 
 
 @dataclass(frozen=True)
 class OverfittingWarning:
-    """The newest sample grid looks overfit (engine.recommend); ``message`` says what to do, in one line."""
+    """The newest sample grid looks overfit (engine.training.recommend); ``message`` says what to do, in one line."""
 
     step: int
     cause: str  # "memorisation" or "likeness"

@@ -33,14 +33,14 @@ def settings(home):
 
 @pytest.fixture(scope="session")
 def tiny_model(settings) -> Path:
-    from engine.tiny_model import ensure_tiny_model
+    from engine.models.tiny import ensure_tiny_model
 
     return ensure_tiny_model(settings.models_dir)
 
 
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory) -> Path:
-    from engine.demo import make_demo_photos
+    from engine.prep.demo_photos import make_demo_photos
 
     folder = tmp_path_factory.mktemp("photos")
     make_demo_photos(folder, count=4)
@@ -60,7 +60,7 @@ def dataset(tmp_path_factory, photos, home) -> Path:
 
 def tiny_train_config(data: Path, out: Path, **overrides):
     """A run small enough for a test: 64 px, a few steps, samples and checkpoints every 3 steps."""
-    from engine.train_config import TrainConfig
+    from engine.training.config import TrainConfig
 
     values = dict(data=data, out=out, base="tiny", steps=6, resolution=64, rank=4, lr=1e-3,
                   sample_every=3, sample_steps=2, checkpoint_every=3, checkpoints_keep=5, sample_seeds=(0,),
@@ -71,7 +71,7 @@ def tiny_train_config(data: Path, out: Path, **overrides):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, photos, settings, tiny_model) -> Path:
-    from engine.train_sdxl import train
+    from engine.training.trainer import train
 
     # From raw photos, as a user would: the trainer runs prep into RUN_DIR/dataset first.
     out = tmp_path_factory.mktemp("runs") / "run"
@@ -86,7 +86,7 @@ TEXT_ENCODER_RUN = dict(steps=2, rank=4, alpha=8.0, train_text_encoder=True, sam
 
 @pytest.fixture(scope="session")
 def text_encoder_run(tmp_path_factory, dataset, settings, tiny_model) -> Path:
-    from engine.train_sdxl import train
+    from engine.training.trainer import train
 
     out = tmp_path_factory.mktemp("runs") / "te-run"
     train(tiny_train_config(dataset, out, **TEXT_ENCODER_RUN), settings)

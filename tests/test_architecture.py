@@ -47,7 +47,7 @@ def test_tiny_model_is_sdxl_shaped_and_deterministic(tmp_path, tiny_model):
 
     from diffusers import StableDiffusionXLPipeline
 
-    from engine.tiny_model import ensure_tiny_model
+    from engine.models.tiny import ensure_tiny_model
 
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model)
     assert pipe.unet.config.addition_embed_type == "text_time"

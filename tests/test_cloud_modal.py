@@ -19,14 +19,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.cloud.client import DATASET_COMPLETE, modal_error
-from engine.cloud.executor import ModalExecutor, dataset_key, run_key
-from engine.cloud.remote import STOP
 from engine.errors import LikenessError, TrainingCancelled
 from engine.events import Progress, SampleReady, Started
-from engine.executors import LocalExecutor, choose_executor
-from engine.placement import MODAL_GPUS, decide
-from engine.run_dir import RunDir
+from engine.placement.cloud.client import DATASET_COMPLETE, modal_error
+from engine.placement.cloud.executor import ModalExecutor, dataset_key, run_key
+from engine.placement.cloud.remote import STOP
+from engine.placement.decision import choose_executor, decide
+from engine.placement.executor import LocalExecutor
+from engine.placement.gpus import MODAL_GPUS
+from engine.training.run_dir import RunDir
 from tests.conftest import tiny_train_config
 
 # Modal says so each time a function body runs in process; here that is the point.
@@ -91,7 +92,7 @@ class InProcessModal:
             shutil.copytree(folder, target)
 
     def start_training(self, request, gpu):
-        from engine.cloud import modal_app
+        from engine.placement.cloud import modal_app
 
         self.gpus.append(gpu)
         events, control = queue.Queue(), queue.Queue()
@@ -115,7 +116,7 @@ def assert_same_lora(a: Path, b: Path) -> None:
 def test_app_image_and_volumes_build_without_network():
     import modal
 
-    from engine.cloud import modal_app
+    from engine.placement.cloud import modal_app
 
     assert modal_app.app.name == "likeness"
     assert isinstance(modal_app.image, modal.Image)
@@ -245,7 +246,7 @@ def test_force_to_modal_keeps_the_old_run_until_the_new_one_takes_a_step(tmp_pat
 @pytest.mark.slow
 def test_a_retry_resumes_from_the_last_committed_checkpoint(tmp_path, dataset, local_run):
     """What Modal's retry does: the function runs again and finds the first attempt's checkpoint."""
-    from engine.cloud import modal_app
+    from engine.placement.cloud import modal_app
 
     root = tmp_path / "cloud"
     key = dataset_key(dataset)
@@ -272,7 +273,7 @@ def test_a_retry_resumes_from_the_last_committed_checkpoint(tmp_path, dataset, l
 
 @pytest.mark.slow
 def test_generate_function_draws_with_the_runs_lora(tmp_path, local_run):
-    from engine.cloud import modal_app
+    from engine.placement.cloud import modal_app
 
     root = tmp_path / "cloud"
     shutil.copytree(local_run, root / "runs" / "run")
@@ -302,6 +303,6 @@ def test_modal_missing_or_without_token_is_one_line(tmp_path, setup, needle):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
     env.update(HOME=str(tmp_path), MODAL_CONFIG_PATH=str(tmp_path / "none.toml"))
-    code = f"{setup}\nfrom engine.cloud.client import check_modal_ready\ncheck_modal_ready()\n"
+    code = f"{setup}\nfrom engine.placement.cloud.client import check_modal_ready\ncheck_modal_ready()\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1 and needle in result.stderr.strip().splitlines()[-1]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.estimates import CPU_SAMPLING, cpu_seconds, eta_seconds, grid_number, grids_after, grids_in_run
 from engine.events import Phase
-from engine.train_config import TrainConfig
+from engine.training.config import TrainConfig
+from engine.training.eta import CPU_SAMPLING, cpu_seconds, eta_seconds, grid_number, grids_after, grids_in_run
 
 
 def config(**values) -> TrainConfig:

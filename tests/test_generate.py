@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.generate import GenerateConfig, generate
+from engine.generation.generator import GenerateConfig, generate
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +151,7 @@ def test_run_directory_loads_by_path_in_diffusers(trained_run, tiny_model):
 
 
 def test_generate_takes_a_kohya_style_lora_file(trained_run, settings, tmp_path):
-    from engine.lora_files import export_kohya
+    from engine.models.lora_files import export_kohya
 
     kohya = export_kohya(trained_run / "lora.safetensors", tmp_path / "k.safetensors", layers_per_block=2)
     result = generate(GenerateConfig(lora=kohya, base="tiny", steps=2, width=64, sweeps={"lora_scale": [0.0, 1.0]},
@@ -162,7 +162,7 @@ def test_generate_takes_a_kohya_style_lora_file(trained_run, settings, tmp_path)
 
 
 def test_images_are_scored_against_the_persons_face(trained_run, sweep):
-    from engine.identity_scores import identity_for_dataset, mean_score, score_images
+    from engine.prep.identity_scores import identity_for_dataset, mean_score, score_images
 
     identity = identity_for_dataset(trained_run / "dataset")
     assert identity is not None
@@ -180,7 +180,7 @@ def test_generate_defaults_to_the_recommended_checkpoint_and_says_so(trained_run
 
     from engine.cli import main
     from engine.events import Log
-    from engine.run_dir import RunDir
+    from engine.training.run_dir import RunDir
 
     # A run whose grids showed faces: its run.json recommends step 3, whose checkpoint the run kept.
     run = tmp_path / "run"

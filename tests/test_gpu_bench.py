@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.gpu_bench import build_models, save_model, step_flops
-from engine import memory_estimate
+from engine.training import memory_plan
 
 ROOT = Path(__file__).parent.parent
 
@@ -19,9 +19,9 @@ ROOT = Path(__file__).parent.parent
 def test_scale_one_is_sdxl_base_parameter_for_parameter():
     models = build_models(1.0, "meta")  # shapes only: no memory, no time
     count = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
-    assert count["unet"] == memory_estimate.SDXL_UNET_PARAMS
-    assert count["text_encoder"] + count["text_encoder_2"] == memory_estimate.SDXL_TEXT_ENCODER_PARAMS
-    assert count["vae"] == memory_estimate.SDXL_VAE_PARAMS
+    assert count["unet"] == memory_plan.SDXL_UNET_PARAMS
+    assert count["text_encoder"] + count["text_encoder_2"] == memory_plan.SDXL_TEXT_ENCODER_PARAMS
+    assert count["vae"] == memory_plan.SDXL_VAE_PARAMS
     assert models["vae"].config.scaling_factor == 0.13025
 
 
@@ -34,8 +34,8 @@ def test_a_step_is_counted_in_flops_on_the_meta_device():
 
 @pytest.mark.slow
 def test_a_small_scale_model_is_saved_and_trained_by_likeness(tmp_path, dataset, settings):
-    from engine.run_dir import RunDir
-    from engine.train_sdxl import train
+    from engine.training.run_dir import RunDir
+    from engine.training.trainer import train
     from tests.conftest import tiny_train_config
 
     model = tmp_path / "sdxl-shaped"

@@ -165,7 +165,7 @@ def test_a_loader_that_ignores_metadata_draws_the_same_picture(text_encoder_run,
 def test_same_seed_runs_in_two_processes_are_byte_identical(text_encoder_run, dataset, home, tmp_path, kohya_file):
     again = tmp_path / text_encoder_run.name  # the export carries the run's name
     script = ("import sys; from pathlib import Path; from engine.settings import Settings; "
-              "from engine.train_sdxl import train; from tests.conftest import tiny_train_config, TEXT_ENCODER_RUN; "
+              "from engine.training.trainer import train; from tests.conftest import tiny_train_config, TEXT_ENCODER_RUN; "
               "train(tiny_train_config(Path(sys.argv[1]), Path(sys.argv[2]), **TEXT_ENCODER_RUN), Settings())")
     env = {**os.environ, "LIKENESS_HOME": str(home), "PYTHONHASHSEED": "random"}
     subprocess.run([sys.executable, "-c", script, str(dataset), str(again)], check=True, env=env, timeout=600,
@@ -178,9 +178,9 @@ def test_same_seed_runs_in_two_processes_are_byte_identical(text_encoder_run, da
 def test_images_name_the_lora_and_base_with_their_hashes(text_encoder_run, settings, tmp_path):
     from PIL import Image
 
-    from engine.base_models import resolve_base
     from engine.events import Log
-    from engine.generate import GenerateConfig, generate
+    from engine.generation.generator import GenerateConfig, generate
+    from engine.models.base_model import resolve_base
 
     events = []
     long_words = " ".join(["word"] * 100)

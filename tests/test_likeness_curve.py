@@ -8,11 +8,11 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 from skimage import data
 
-from engine.checkpoints import checkpoints_to_delete
-from engine.curves import draw_curves
 from engine.prep.identity import Identity, best_face
-from engine.recommend import THRESHOLDS, Recommendation, best_likeness, overfitting, recommend
-from engine.sample_measures import TrainingPhotos, measure_grid
+from engine.training.checkpoints import checkpoints_to_delete
+from engine.training.curves import draw_curves
+from engine.training.recommend import THRESHOLDS, Recommendation, best_likeness, overfitting, recommend
+from engine.training.sample_measures import TrainingPhotos, measure_grid
 
 ASTRONAUT = Image.fromarray(data.astronaut())
 
@@ -200,8 +200,8 @@ def test_the_warning_and_the_grid_measures_travel_through_the_job_events_to_the_
 def test_cloud_runs_relay_the_warning_and_the_measures():
     from pathlib import Path
 
-    from engine.cloud.remote import event_to_message
     from engine.events import OverfittingWarning, SampleReady
+    from engine.placement.cloud.remote import event_to_message
 
     root = Path("/runs/me")
     message = event_to_message(SampleReady(3, root / "samples" / "step-000003.png", None, None, 0.1, None, None), root)

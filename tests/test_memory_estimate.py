@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.memory_estimate import PHASES, MemoryPlan, choose_plan, estimate_phases
-from engine.placement import MODAL_GPUS, LocalGpu, decide, plan_continue_on_modal
-from engine.train_config import TrainConfig
+from engine.placement.decision import decide, plan_continue_on_modal
+from engine.placement.gpus import MODAL_GPUS, LocalGpu
+from engine.training.config import TrainConfig
+from engine.training.memory_plan import PHASES, MemoryPlan, choose_plan, estimate_phases
 
 MEASURED = Path(__file__).parent.parent / "bench" / "calibration" / "sdxl_phases_measured.json"
 

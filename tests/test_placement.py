@@ -8,18 +8,10 @@ import pytest
 
 from engine.cli import main
 from engine.errors import LikenessError, TrainingCancelled
-from engine.placement import (
-    MODAL_GPUS,
-    SAFETY_MARGIN,
-    LocalGpu,
-    decide,
-    estimate_peak_vram,
-    is_out_of_memory,
-    out_of_memory_error,
-    plan_continue_on_modal,
-    stop_status,
-)
-from engine.train_config import TrainConfig
+from engine.placement.decision import SAFETY_MARGIN, decide, estimate_peak_vram, plan_continue_on_modal
+from engine.placement.gpus import MODAL_GPUS, LocalGpu
+from engine.training.config import TrainConfig
+from engine.training.stops import is_out_of_memory, out_of_memory_error, stop_status
 
 
 def config(**fields) -> TrainConfig:

@@ -375,7 +375,7 @@ def test_engine_raises_likeness_error_for_zero_accepted(tmp_path, monkeypatch):
 def test_too_small_photos_get_a_size_hint_that_keeps_them(tmp_path, monkeypatch, capsys):
     """The README demo's photos (260-420 px) at the default 1024 px: every one too small. The one-line
     error says which --size keeps them, and that size does."""
-    from engine.demo import make_demo_photos
+    from engine.prep.demo_photos import make_demo_photos
 
     monkeypatch.setenv("LIKENESS_HOME", str(tmp_path / "home"))
     make_demo_photos(tmp_path / "photos", count=4)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.run_dir import RunDir
 from engine.service.client import report_end
+from engine.training.run_dir import RunDir
 from tests.service_helpers import Service, make_home, train_config
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.cli import main
-from engine.run_dir import RunDir
+from engine.training.run_dir import RunDir
 from tests.service_helpers import Service, make_home, train_config
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from engine.errors import TrainingCancelled
-from engine.run_dir import RunDir
-from engine.train_sdxl import SDXLLoRATrainer, train
+from engine.training.run_dir import RunDir
+from engine.training.trainer import SDXLLoRATrainer, train
 from tests.conftest import tiny_train_config
 
 pytestmark = pytest.mark.slow
@@ -186,7 +186,7 @@ def test_sample_grids_decode_as_the_pipeline_would(tiny_model):
     import numpy as np
     from diffusers import StableDiffusionXLPipeline
 
-    from engine.sample_grid import decode_latents
+    from engine.training.sample_grid import decode_latents
 
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model)
     pipe.set_progress_bar_config(disable=True)
@@ -213,7 +213,7 @@ def test_a_grid_drawn_in_batches_has_the_pixels_of_one_drawn_image_by_image(tiny
     import numpy as np
     from diffusers import StableDiffusionXLPipeline
 
-    from engine.sample_grid import PromptEmbeds, decode_latents, render_images
+    from engine.training.sample_grid import PromptEmbeds, decode_latents, render_images
 
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model)
     pipe.set_progress_bar_config(disable=True)
@@ -287,7 +287,7 @@ def test_the_trainer_draws_its_grids_in_the_batch_its_plan_says(tmp_path, datase
 
 def test_weights_load_straight_into_the_training_dtype_with_the_vae_in_fp32(tiny_model):
     # No fp32 copy of the UNet first (10 GB of RAM for SDXL's); the VAE alone stays fp32, where SDXL's is safe.
-    from engine.base_models import BaseModelSource, load_sdxl_pipeline
+    from engine.models.base_model import BaseModelSource, load_sdxl_pipeline
 
     pipe = load_sdxl_pipeline(BaseModelSource("tiny", "folder", str(tiny_model)),
                               torch_dtype={"default": torch.bfloat16, "vae": torch.float32})

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo_photos(tmp_path_factory):
     """The README demo's photos: 260-420 px crops of the astronaut, too small for 1024 px training."""
-    from engine.demo import make_demo_photos
+    from engine.prep.demo_photos import make_demo_photos
 
     folder = tmp_path_factory.mktemp("demo") / "photos"
     make_demo_photos(folder, count=4)

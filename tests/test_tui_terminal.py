@@ -154,7 +154,7 @@ def test_a_newcomers_first_hour(tmp_path, tiny_model):
     """The README's demo photos in /tmp -> prep at the default size, which the hint rescues -> a tiny run,
     watched to its sample grid -> quit mid-grid (back in under 2 s; the run goes on) and reopen ->
     a second run -> generate -> compare the two runs -> quit, and the idle engine stops with the TUI."""
-    from engine.demo import make_demo_photos
+    from engine.prep.demo_photos import make_demo_photos
 
     home = make_home(tmp_path / "home", models=tiny_model.parent)
     photos = tmp_path / "demo-photos"  # outside LIKENESS_HOME: the TUI's own engine reads it all the same

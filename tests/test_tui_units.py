@@ -92,7 +92,7 @@ def test_a_config_error_names_the_form_field():
 
     from pydantic import ValidationError
 
-    from engine.train_config import TrainConfig
+    from engine.training.config import TrainConfig
 
     with pytest.raises(ValidationError) as caught:
         TrainConfig(data=Path("."), out=Path("."), resolution=100)

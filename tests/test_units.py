@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from engine.errors import LikenessError
-from engine.sweeps import check_template, expand, parse_sweep, placeholders
+from engine.generation.sweeps import check_template, expand, parse_sweep, placeholders
 
 
 def test_parse_sweep_types_parameter_axes_and_keeps_placeholder_values_as_text():
@@ -41,7 +41,7 @@ def test_config_file_toml_and_yaml_fill_the_train_config(tmp_path):
     import argparse
 
     from engine.commands.common import build_config
-    from engine.train_config import TrainConfig
+    from engine.training.config import TrainConfig
 
     toml = tmp_path / "run.toml"
     toml.write_text('steps = 40\nclass-word = "man"\nrank = 8\n')
@@ -55,7 +55,7 @@ def test_config_file_toml_and_yaml_fill_the_train_config(tmp_path):
 
 
 def test_instance_and_sample_prompts_use_token_and_class_word(tmp_path):
-    from engine.train_config import TrainConfig
+    from engine.training.config import TrainConfig
 
     config = TrainConfig(data=tmp_path, out=tmp_path, token="ohwx", class_word="man")
     assert config.instance_prompt == "a photo of ohwx man"
@@ -89,7 +89,7 @@ def test_a_grid_title_wraps_to_the_grid_and_is_drawn_above_the_images():
 
 
 def test_a_generated_grid_is_titled_with_prompt_run_step_and_seed(tmp_path):
-    from engine.generate import GenerateConfig, grid_heading
+    from engine.generation.generator import GenerateConfig, grid_heading
 
     (tmp_path / "me").mkdir()
     config = GenerateConfig(lora=tmp_path / "me", prompt="a photo of {token} {class_word} at age {age}", seed=7)
@@ -107,7 +107,7 @@ def test_a_generated_grid_is_titled_with_prompt_run_step_and_seed(tmp_path):
     ("up_blocks.1.attentions.0.transformer_blocks.1.attn1.to_q", "output_blocks.3.1.transformer_blocks.1.attn1.to_q"),
 ])
 def test_sdxl_unet_modules_map_to_the_layout_kohya_files_use(module, expected):
-    from engine.lora_files import _sgm_unet_module
+    from engine.models.lora_files import _sgm_unet_module
 
     assert _sgm_unet_module(module, layers_per_block=2) == expected
 
@@ -118,7 +118,7 @@ def test_kohya_names_of_the_first_text_encoder_are_standard_whichever_form_the_f
     # the names ComfyUI, A1111 and Forge look for.
     import torch
 
-    from engine.lora_files import to_kohya
+    from engine.models.lora_files import to_kohya
 
     state = {f"text_encoder.{module}.lora_linear_layer.down.weight": torch.ones(2, 8),
              f"text_encoder.{module}.lora_linear_layer.up.weight": torch.ones(8, 2)}
@@ -133,7 +133,7 @@ def test_safetensors_bytes_do_not_depend_on_the_order_things_were_given_in():
 
     import torch
 
-    from engine.lora_files import safetensors_bytes
+    from engine.models.lora_files import safetensors_bytes
 
     tensors = {"b": torch.ones(2), "a": torch.zeros(3)}
     metadata = {f"key{i}": str(i) for i in range(20)}
@@ -147,7 +147,7 @@ def test_safetensors_bytes_do_not_depend_on_the_order_things_were_given_in():
 def test_images_smaller_than_the_training_size_are_enlarged_with_one_warning_naming_their_size(tmp_path):
     from PIL import Image
 
-    from engine.images import load_training_images
+    from engine.training.images import load_training_images
 
     for index, side in enumerate((384, 384, 512)):
         Image.new("RGB", (side, side + 40), (index * 60, 90, 120)).save(tmp_path / f"p{index}.png")

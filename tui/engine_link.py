@@ -119,7 +119,7 @@ class EngineLink:
         return self.client.submit("train", body)["id"]
 
     def generate(self, run: str, config: dict, sweeps: list[str]) -> int:
-        from engine.sweeps import parse_sweep
+        from engine.generation.sweeps import parse_sweep
 
         axes = dict(parse_sweep(text) for text in sweeps)
         body = {"lora": f"runs/{run}", "sweeps": axes, **{k: v for k, v in config.items() if v is not None}}
@@ -129,12 +129,13 @@ class EngineLink:
         """The run as it will be sent, and where it goes, how long it takes, what it costs, what it samples.
 
         engine.placement decides where; a run on this machine's CPU draws smaller sample grids
-        (engine.estimates.CPU_SAMPLING) unless the config says otherwise, and gets a CPU time estimate.
+        (engine.training.eta.CPU_SAMPLING) unless the config says otherwise, and gets a CPU time estimate.
         Raises pydantic's ValidationError for a config the engine would refuse.
         """
-        from engine.estimates import CPU_SAMPLING, cpu_seconds, sampling_line
-        from engine.placement import LocalGpu, decide, model_family
-        from engine.train_config import TrainConfig
+        from engine.placement.decision import decide, model_family
+        from engine.placement.gpus import LocalGpu
+        from engine.training.config import TrainConfig
+        from engine.training.eta import CPU_SAMPLING, cpu_seconds, sampling_line
 
         local = []
         if system.get("gpu_name") and system.get("vram_total_mb"):

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from engine.config_file import read_config_file
+from engine.commands.config_file import read_config_file
 from engine.errors import LikenessError
 
 M = TypeVar("M", bound=BaseModel)

@@ -20,10 +20,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.errors import LikenessError
-    from engine.generate import _lora_source, lora_name
-    from engine.lora_files import export_kohya
+    from engine.generation.generator import _lora_source, lora_name
+    from engine.models.lora_files import export_kohya
     from engine.outputs import check_output_path, create_folder, removed_on_failure
-    from engine.run_dir import RunDir
+    from engine.training.run_dir import RunDir
 
     if not args.run_dir.is_dir() or RunDir(args.run_dir).read_run() is None:
         raise LikenessError(f"{args.run_dir} is not a likeness run directory (no run.json)")

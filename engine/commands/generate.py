@@ -54,10 +54,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.errors import LikenessError
-    from engine.generate import GenerateConfig, generate
+    from engine.generation.generator import GenerateConfig, generate
+    from engine.generation.sweeps import parse_sweep
     from engine.progress import TerminalProgress
     from engine.settings import Settings
-    from engine.sweeps import parse_sweep
 
     sweeps: dict = {}
     for text in getattr(args, "sweep", []):

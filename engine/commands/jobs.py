@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.placement import GPU_NAMES
+from engine.placement.gpus import GPU_NAMES
 
 
 def _server_flag(parser: argparse.ArgumentParser) -> None:

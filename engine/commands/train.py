@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.errors import LikenessError
     from engine.progress import TerminalProgress
     from engine.settings import Settings
-    from engine.train_config import TrainConfig
+    from engine.training.config import TrainConfig
 
     for required in ("data", "out"):
         if required not in vars(args) and args.config is None:

@@ -1,6 +1,6 @@
 """``likeness train``'s placement flags: --where, --gpu, --dry-run, --continue-on-modal.
 
-Only argparse and engine.placement (no torch) load when the parser is built.
+Only argparse and engine.placement.gpus (no torch) load when the parser is built.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.placement import GPU_NAMES
+from engine.placement.gpus import GPU_NAMES
 
 
 def add_where_flags(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +24,10 @@ def add_where_flags(parser: argparse.ArgumentParser) -> None:
 
 def decide_for(config, args: argparse.Namespace):
     """The placement decision for ``config`` and the flags, against this machine's GPUs."""
-    from engine.placement import decide, detect_local_gpus, model_family, where_asked
+    from engine.placement.decision import decide, model_family, where_asked
+    from engine.placement.gpus import detect_local_gpus
     from engine.settings import Settings
-    from engine.train_checks import check_train_inputs
+    from engine.training.checks import check_train_inputs
 
     # Data, --out, --base and --rank are checked before anything is decided: a mistyped --base must
     # be reported as such, not as a Modal error on a machine without a GPU.
@@ -40,7 +41,7 @@ def decide_for(config, args: argparse.Namespace):
 
 
 def _ram_free_gib() -> float | None:
-    from engine.device import Placement, free_memory_gib
+    from engine.models.device import Placement, free_memory_gib
 
     return free_memory_gib(Placement("cpu", "float32", None))
 
@@ -48,8 +49,8 @@ def _ram_free_gib() -> float | None:
 def train_where(config, decision, args: argparse.Namespace, settings, on_event):
     """Train where ``decision`` says; on a local out-of-memory with --continue-on-modal, carry on in the cloud."""
     from engine.events import Log
-    from engine.executors import choose_executor
-    from engine.placement import OutOfGpuMemory, plan_continue_on_modal
+    from engine.placement.decision import choose_executor, plan_continue_on_modal
+    from engine.training.stops import OutOfGpuMemory
 
     if decision.where == "modal":  # a local run says nothing extra: its errors stay one line
         print(f"likeness: training {_summary(decision)}", file=sys.stderr)

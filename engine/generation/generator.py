@@ -19,13 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from engine.errors import LikenessError
 from engine.events import EventSink, Log, Progress, Started, ignore_events
+from engine.generation.sweeps import PARAMETER_AXES, check_template, expand, placeholders
 from engine.grid import labelled_grid, save_png_atomically
-from engine.identity_scores import identity_for_dataset, score_images, score_label
-from engine.lora_files import LORA_FILENAME
-from engine.run_dir import RunDir
+from engine.models.lora_files import LORA_FILENAME
+from engine.prep.identity_scores import identity_for_dataset, score_images, score_label
 from engine.settings import Settings
-from engine.sweeps import PARAMETER_AXES, check_template, expand, placeholders
-from engine.train_config import DEFAULT_BASE, MAX_SEED, MAX_SIDE, MAX_STEPS
+from engine.training.config import DEFAULT_BASE, MAX_SEED, MAX_SIDE, MAX_STEPS
+from engine.training.run_dir import RunDir
 
 DEFAULT_PROMPT = "a photo of {token} {class_word}"
 # One grid of 1,000 SDXL images is hours of GPU time; a sweep asking for more is a mistake.
@@ -191,8 +191,8 @@ def a1111_parameters(sidecar: dict[str, Any]) -> str:
 
 def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = ignore_events) -> GenerateResult:
     """Draw every combination of the sweeps; write images, sidecars and labelled grids."""
-    from engine.base_models import base_fingerprint, check_base_available, resolve_base
-    from engine.lora_files import check_lora_file, lora_hashes
+    from engine.models.base_model import base_fingerprint, check_base_available, resolve_base
+    from engine.models.lora_files import check_lora_file, lora_hashes
     from engine.outputs import check_output_path
 
     # 1. Check everything cheap before loading anything heavy: torch and diffusers take seconds to
@@ -225,8 +225,8 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
     import torch
     from diffusers import DDIMScheduler
 
-    from engine.base_models import load_sdxl_pipeline
-    from engine.device import choose_placement
+    from engine.models.base_model import load_sdxl_pipeline
+    from engine.models.device import choose_placement
     from engine.versions import library_versions
 
     placement = choose_placement(config.device, config.mixed_precision)

@@ -33,7 +33,7 @@ class BaseModelSource:
 def resolve_base(spec: str, settings: Settings) -> BaseModelSource:
     """Decide what ``spec`` names, building the tiny model when asked for it. No download here."""
     if spec == "tiny":
-        from engine.tiny_model import ensure_tiny_model
+        from engine.models.tiny import ensure_tiny_model
 
         return BaseModelSource(spec, "tiny", str(ensure_tiny_model(settings.models_dir)))
     path = Path(spec).expanduser()

@@ -67,7 +67,7 @@ def memory_kind(placement: Placement) -> str:
 
 def free_memory_gib(placement: Placement) -> float | None:
     """Memory free on ``placement``'s device now: the card's free memory, or the RAM available on the
-    CPU; None where it cannot be asked. The savers are chosen against this (engine.memory_estimate)."""
+    CPU; None where it cannot be asked. The savers are chosen against this (engine.training.memory_plan)."""
     if placement.is_cuda:
         import torch
 

@@ -1,13 +1,13 @@
 """Where a training run goes: this machine's GPU when the run fits it, else the cheapest Modal GPU that does.
 
-Not to be confused with ``engine.device``, which picks the torch device and precision *inside* a run
+Not to be confused with ``engine.models.device``, which picks the torch device and precision *inside* a run
 that is already somewhere. Here: detect the local GPUs, estimate the run's peak VRAM, and decide.
 
     estimate_peak_vram(config, free_gib) -> MemoryEstimate  (pure: the savers that fit, each phase's peak)
     decide(config, where, gpu, local_gpus) -> Decision   (pure: the CLI's --dry-run and the TUI show it)
     detect_local_gpus()         -> [LocalGpu]       (the one impure part: asks CUDA)
 
-The estimate is the largest of the run's phases (engine.memory_estimate): weights and LoRA state are
+The estimate is the largest of the run's phases (engine.training.memory_plan): weights and LoRA state are
 counted from SDXL's parameter counts, activations are coefficients per 1024-px image checked against
 measured points (``bench/calibration/sdxl_phases_measured.json``, within 15 % by the tests) and
 published bounds (``bench/calibration/sdxl_lora_vram.json``). The savers (gradient checkpointing,
@@ -18,65 +18,33 @@ published bounds (``bench/calibration/sdxl_lora_vram.json``). The savers (gradie
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Literal
 
-from engine import memory_estimate
 from engine.errors import LikenessError
-from engine.memory_estimate import MemoryPlan
+from engine.placement.executor import Executor, LocalExecutor
+from engine.placement.gpus import (
+    H100_CLASS_SPEED,
+    MODAL_GPUS,
+    PRICES_AS_OF,
+    GpuOffer,
+    LocalGpu,
+    modal_gpu,
+)
+from engine.training import memory_plan
+from engine.training.memory_plan import MemoryPlan
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from engine.train_config import TrainConfig
+    from engine.placement.cloud.client import ModalClient
+    from engine.training.config import TrainConfig
 
 GIB = 2**30
 Where = Literal["auto", "local", "modal"]
 
 
-# --- Modal's GPUs and prices -------------------------------------------------------------------------
-# Modal bills per second of a running container. GPU prices from modal.com/pricing as listed on
-# PRICES_AS_OF (H100 $3.9492/h, A100-80GB $2.4984/h, L40S $1.9512/h, A100-40GB $2.0988/h, A10G $1.1016/h);
-# the container's CPU and memory add a few percent, not counted. Update the date with the numbers.
-PRICES_AS_OF = "2026-05-07"
-
-
-@dataclass(frozen=True)
-class GpuOffer:
-    """One GPU type Modal rents."""
-
-    name: str  # Modal's gpu= string
-    vram_gib: float  # what CUDA reports as total memory on that card
-    usd_per_second: float
-    relative_speed: float  # SDXL LoRA steps per second relative to an A10G; rough, see _A10G_SECONDS_PER_STEP
-
-
-# Measured (issue 11): an H200 took 0.836 s a step with checkpointing at batch 1, launch- and overhead-
-# bound (6 % of its bf16 peak), against the 1.6 s assumed for an A10G; an H100 is taken as the same.
-# The other cards' speeds are rough.
-_H100_CLASS_SPEED = 1.6 / 0.836
-MODAL_GPUS: tuple[GpuOffer, ...] = (
-    GpuOffer("A10G", 22.5, 0.000306, 1.0),
-    GpuOffer("L40S", 45.0, 0.000542, 2.0),
-    GpuOffer("A100-40GB", 40.0, 0.000583, 2.2),
-    GpuOffer("A100-80GB", 80.0, 0.000694, 2.3),
-    GpuOffer("H100", 79.6, 0.001097, _H100_CLASS_SPEED),
-)
-GPU_NAMES = tuple(gpu.name for gpu in MODAL_GPUS)
-GpuName = Literal["A10G", "L40S", "A100-40GB", "A100-80GB", "H100"]
-assert GPU_NAMES == get_args(GpuName), "GpuName must list MODAL_GPUS"
-
-
-def modal_gpu(name: str) -> GpuOffer:
-    for gpu in MODAL_GPUS:
-        if gpu.name.lower() == name.lower():
-            return gpu
-    raise LikenessError(f"--gpu {name}: unknown Modal GPU; choose one of {', '.join(GPU_NAMES)}")
-
-
 # --- The memory estimate -----------------------------------------------------------------------------
-# The phases and their coefficients live in engine.memory_estimate; here, the whole run's peak.
-CUDA_CONTEXT_GIB = memory_estimate.CUDA_CONTEXT_GIB
-SAFETY_MARGIN = memory_estimate.SAFETY_MARGIN
+# The phases and their coefficients live in engine.training.memory_plan; here, the whole run's peak.
+CUDA_CONTEXT_GIB = memory_plan.CUDA_CONTEXT_GIB
+SAFETY_MARGIN = memory_plan.SAFETY_MARGIN
 _PHASE_LABELS = {"caching": "caching (text encoders, VAE one image at a time)", "load": "load (UNet and LoRA)",
                  "loop": "training loop", "sampling": "sample grids (UNet, then VAE decode in tiles)"}
 
@@ -107,12 +75,12 @@ def model_family(config: TrainConfig) -> Literal["sdxl", "tiny"]:
 def estimate_peak_vram(config: TrainConfig, free_gib: float | None = None, on_cpu: bool = False) -> MemoryEstimate:
     """Peak memory of ``config`` on a CUDA card (as nvidia-smi would show it) or, ``on_cpu``, in RAM,
     with the savers ``choose_plan`` picks for ``free_gib`` free (None: unknown, every auto saver on)."""
-    plan = memory_estimate.choose_plan(config, free_gib, on_cpu)
+    plan = memory_plan.choose_plan(config, free_gib, on_cpu)
     return _estimate_with(config, plan, on_cpu)
 
 
 def _estimate_with(config: TrainConfig, plan: MemoryPlan, on_cpu: bool) -> MemoryEstimate:
-    phases = memory_estimate.estimate_phases(config, plan, on_cpu)
+    phases = memory_plan.estimate_phases(config, plan, on_cpu)
     parts = {**phases.parts, ("process" if on_cpu else "CUDA context"): phases.overhead_gib}
     return MemoryEstimate(model_family(config), round(phases.peak_gib, 2), parts, dict(phases.phases), plan, on_cpu)
 
@@ -126,13 +94,13 @@ _A10G_SECONDS_PER_SAMPLE_IMAGE = 7.0
 _FIXED_SECONDS = 180.0
 _NO_CHECKPOINTING_TIME = 0.379 / 0.836
 # Local cards the time estimate knows, relative to an A10G (substring of torch's device name).
-_LOCAL_SPEED = {"H200": _H100_CLASS_SPEED, "H100": _H100_CLASS_SPEED, "A100": 2.2, "L40S": 2.0, "4090": 2.0, "A6000": 1.3, "3090": 1.2, "A10": 1.0,
+_LOCAL_SPEED = {"H200": H100_CLASS_SPEED, "H100": H100_CLASS_SPEED, "A100": 2.2, "L40S": 2.0, "4090": 2.0, "A6000": 1.3, "3090": 1.2, "A10": 1.0,
                 "4080": 1.5, "4070": 1.0, "3080": 1.0, "3060": 0.5, "T4": 0.3}
 
 
 def estimate_seconds(config: TrainConfig, relative_speed: float, plan: MemoryPlan | None = None) -> float:
     """Wall time of ``config`` with ``plan``'s savers on a GPU ``relative_speed`` times an A10G."""
-    plan = plan or memory_estimate.choose_plan(config, None)
+    plan = plan or memory_plan.choose_plan(config, None)
     pixels = (config.resolution / 1024) ** 2
     images = config.batch_size + (1 if config.prior_preservation else 0)
     per_step = _A10G_SECONDS_PER_STEP * pixels * images
@@ -146,32 +114,6 @@ def estimate_seconds(config: TrainConfig, relative_speed: float, plan: MemoryPla
     sampling = grids * len(config.validation_prompts) * len(config.sample_seeds) * _A10G_SECONDS_PER_SAMPLE_IMAGE
     sampling *= pixels * config.sample_steps / 25
     return _FIXED_SECONDS + (config.steps * per_step + sampling) / relative_speed
-
-
-# --- Local GPUs --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LocalGpu:
-    """A CUDA GPU on this machine, with the memory free when asked."""
-
-    index: int
-    name: str
-    total_gib: float
-    free_gib: float
-
-
-def detect_local_gpus() -> list[LocalGpu]:
-    """This machine's CUDA GPUs; empty without torch's CUDA build or a GPU."""
-    try:
-        import torch
-    except ImportError:
-        return []
-    if not torch.cuda.is_available():
-        return []
-    gpus = []
-    for index in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(index)
-        gpus.append(LocalGpu(index, torch.cuda.get_device_name(index), total / GIB, free / GIB))
-    return gpus
 
 
 def _local_speed(name: str) -> float | None:
@@ -276,7 +218,7 @@ def where_asked(where: Where, gpu: str | None, device: str) -> Where:
 def decide(config: TrainConfig, where: Where = "auto", gpu: str | None = None,
            local_gpus: list[LocalGpu] | tuple[LocalGpu, ...] = (), host_free_gib: float | None = None) -> Decision:
     """Decide where ``config`` runs and with which savers. Pure: the local GPUs and the RAM free for a
-    run on the CPU are passed in (``detect_local_gpus()``, ``engine.device.free_memory_gib``)."""
+    run on the CPU are passed in (``detect_local_gpus()``, ``engine.models.device.free_memory_gib``)."""
     offer = modal_gpu(gpu) if gpu is not None else None
     implied = offer is not None and where == "auto"
     where = where_asked(where, gpu, config.device)
@@ -337,48 +279,6 @@ def _local_gpu_for(device: str, gpus: list[LocalGpu] | tuple[LocalGpu, ...]) -> 
     return max(gpus, key=lambda g: g.free_gib)
 
 
-# --- Out of memory -----------------------------------------------------------------------------------
-class OutOfGpuMemory(LikenessError):
-    """A local run hit CUDA out-of-memory; run.json says so and the newest checkpoint is kept."""
-
-    def __init__(self, message: str, run_dir: Path, checkpoint_step: int | None):
-        super().__init__(message)
-        self.run_dir = run_dir
-        self.checkpoint_step = checkpoint_step
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """True for torch's CUDA out-of-memory error, and for its CPU allocator's (a run on the CPU
-    that outgrows RAM); by name and message, so torch need not be imported here."""
-    message = str(error)
-    return (type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in message
-            or "DefaultCPUAllocator: can't allocate memory" in message)
-
-
-def stop_status(error: BaseException) -> str:
-    """The run.json status of a run that stopped with ``error`` before its end."""
-    from engine.errors import TrainingCancelled
-
-    if isinstance(error, TrainingCancelled):
-        return "cancelled"
-    if is_out_of_memory(error):
-        return "out_of_memory"
-    return "interrupted"
-
-
-def out_of_memory_error(config: TrainConfig, gpu_name: str | None, checkpoint_step: int | None) -> OutOfGpuMemory:
-    """The one-line error for a local OOM, with the command that continues on Modal."""
-    where = f" on {gpu_name}" if gpu_name else ""
-    carry_on = "--resume" if checkpoint_step is not None else "--force"
-    kept = (f"the checkpoint at step {checkpoint_step} is kept" if checkpoint_step is not None
-            else "no checkpoint was written yet")
-    return OutOfGpuMemory(
-        f"ran out of {'GPU ' if gpu_name else ''}memory{where} ({kept}); continue on a cloud GPU with "
-        f"`likeness train --data {config.data} --out {config.out} {carry_on} --where modal`, "
-        "or pass --continue-on-modal next time",
-        config.out, checkpoint_step)
-
-
 def plan_continue_on_modal(config: TrainConfig, checkpoint_step: int | None,
                            gpu: str | None = None) -> tuple[TrainConfig, Decision]:
     """After a local OOM: the config that carries on in the cloud (from the checkpoint, if any) and where."""
@@ -391,3 +291,13 @@ def for_the_cloud(config: TrainConfig) -> TrainConfig:
     """``config`` for an attempt on a cloud GPU: a run pinned to this machine's CPU (that ran out of
     RAM) takes the cloud's CUDA device instead; everything else is unchanged."""
     return config.model_copy(update={"device": "auto"}) if config.device == "cpu" else config
+
+
+def choose_executor(decision: Decision, client: ModalClient | None = None) -> Executor:
+    """The executor for ``decision``; ``client`` replaces the real Modal connection (tests pass an in-process one)."""
+    if decision.where == "local":
+        return LocalExecutor()
+    # Modal's client loads only for a run that goes there.
+    from engine.placement.cloud.executor import ModalExecutor
+
+    return ModalExecutor(gpu=decision.gpu, client=client)

@@ -1,6 +1,6 @@
 """Where a run executes: one small interface, two implementations, chosen in one place.
 
-``LocalExecutor`` calls ``engine.train_sdxl.train`` here; ``ModalExecutor`` (engine.cloud.executor) has a
+``LocalExecutor`` calls ``engine.training.trainer.train`` here; ``ModalExecutor`` (engine.placement.cloud.executor) has a
 Modal function call that same entry point on a cloud GPU and makes the run directory here look as if
 it had run here. Callers (the CLI, the service, the TUI) steer both the same way: events come back
 through ``on_event``, and ``step_hook`` may raise ``TrainingCancelled`` to stop at a step boundary.
@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING
 from engine.events import EventSink, ignore_events
 
 if TYPE_CHECKING:
-    from engine.cloud.client import ModalClient
-    from engine.placement import Decision
     from engine.settings import Settings
-    from engine.train_config import TrainConfig
-    from engine.train_sdxl import StepHook, TrainResult
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import StepHook, TrainResult
 
 
 class Executor(ABC):
@@ -38,15 +36,6 @@ class LocalExecutor(Executor):
     where = "local"
 
     def train(self, config, settings, on_event=ignore_events, step_hook=None):
-        from engine.train_sdxl import train
+        from engine.training.trainer import train
 
         return train(config, settings, on_event, step_hook)
-
-
-def choose_executor(decision: Decision, client: ModalClient | None = None) -> Executor:
-    """The executor for ``decision``; ``client`` replaces the real Modal connection (tests pass an in-process one)."""
-    if decision.where == "local":
-        return LocalExecutor()
-    from engine.cloud.executor import ModalExecutor
-
-    return ModalExecutor(gpu=decision.gpu, client=client)

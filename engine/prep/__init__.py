@@ -3,6 +3,8 @@
 `prepare_photos(PrepConfig(...))` writes DATASET/images/NNNN.png, manifest.json, identity.json
 and report.png. `load_identity(DATASET)` and `score_image(identity, image)` measure how much any
 picture looks like that person. face_recognition (dlib) loads on first use, not on import.
+
+The bottom stage beside ``engine.models``: imports only the shared pieces.
 """
 
 from engine.prep.config import PrepConfig

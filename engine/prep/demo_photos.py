@@ -1,27 +1,13 @@
-"""The whole pipeline on the built-in tiny model, on the CPU, in a couple of minutes.
+"""Demo photos of one person, made from one public-domain portrait.
 
-Photos come from scikit-image's bundled astronaut portrait (public domain, NASA): crops, flips
+They come from scikit-image's bundled astronaut portrait (public domain, NASA): crops, flips
 and colour changes stand in for a person's photo library. The tiny model has random weights,
-so the pictures are noise; what the demo shows is every stage working end to end.
+so the demo's pictures are noise; what it shows is every stage working end to end.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-
-from engine.events import EventSink, Log, ignore_events
-from engine.generate import GenerateConfig, GenerateResult, generate
-from engine.settings import Settings
-from engine.train_config import TrainConfig
-from engine.train_sdxl import TrainResult, train
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    photos: Path
-    train: TrainResult
-    generation: GenerateResult
 
 
 def make_demo_photos(folder: Path, count: int = 8, seed: int = 0) -> list[Path]:
@@ -49,22 +35,3 @@ def make_demo_photos(folder: Path, count: int = 8, seed: int = 0) -> list[Path]:
         photo.save(path, quality=92)
         paths.append(path)
     return paths
-
-
-def run_demo(out: Path, settings: Settings, on_event: EventSink = ignore_events, *, steps: int = 30,
-             resolution: int = 128) -> DemoResult:
-    photos = out / "photos"
-    make_demo_photos(photos)
-    on_event(Log(f"demo photos: {photos}"))
-    run_dir = out / "run"
-    result = train(
-        TrainConfig(data=photos, out=run_dir, base="tiny", steps=steps, resolution=resolution, rank=8,
-                    lr=1e-3, sample_every=10, sample_steps=10, checkpoint_every=10, force=True),
-        settings, on_event=on_event,
-    )
-    generation = generate(
-        GenerateConfig(lora=run_dir, steps=20, out=out / "generate", force=True,
-                       sweeps={"lora_scale": [0.0, 0.5, 1.0], "temperature": [0.0, 0.5, 1.0]}),
-        settings, on_event=on_event,
-    )
-    return DemoResult(photos, result, generation)

@@ -5,6 +5,7 @@ abstract queue), `sqlite_queue` (its one implementation), `runner` (starts each 
 process and turns engine events into stored ones), `api` (routes that only delegate),
 `security` (token and path checks), `client` (what the CLI uses to talk to a running service).
 
+May import every stage below it (placement, generation, training, models, prep), never the commands.
 Nothing here imports FastAPI, uvicorn or torch at module level except `api`, which only
 `likeness serve` loads.
 """

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from engine.lora_files import LORA_FILENAME
-from engine.run_dir import RunDir
+from engine.models.lora_files import LORA_FILENAME
 from engine.service.errors import NotFound, PathRefused
 from engine.service.models import NAME_PATTERN, DatasetSummary, RunSummary
 from engine.service.security import contained
+from engine.training.run_dir import RunDir
 
 DATASETS = "datasets"
 RUNS = "runs"

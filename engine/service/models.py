@@ -11,10 +11,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.errors import LikenessError
-from engine.generate import GenerateConfig
-from engine.placement import GpuName, Where, where_asked
+from engine.generation.generator import GenerateConfig
+from engine.placement.decision import Where, where_asked
+from engine.placement.gpus import GpuName
 from engine.prep.config import PrepConfig
-from engine.train_config import TrainConfig
+from engine.training.config import TrainConfig
 
 JobKind = Literal["prep", "train", "generate"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
@@ -119,7 +120,7 @@ class ResumeRequest(BaseModel):
 
 
 def _checked_where(where: Where, gpu: str | None, device: str) -> Where:
-    # The CLI's rules (engine.placement.where_asked), as a validation error with the field's reason.
+    # The CLI's rules (engine.placement.decision.where_asked), as a validation error with the field's reason.
     try:
         return where_asked(where, gpu, device)
     except LikenessError as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from engine.placement import Where
+from engine.placement.decision import Where
 from engine.service.models import Job, JobEvent, JobKind
 
 

@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from engine.errors import LikenessError, TrainingCancelled
-from engine.placement import OutOfGpuMemory
-from engine.run_dir import RunDir
 from engine.service import storage
 from engine.service.catalog import LOGS, file_url, relative
 from engine.service.errors import NotFound
@@ -35,6 +33,8 @@ from engine.service.models import CPU_KINDS, FINAL_STATES, GPU_KINDS, Job
 from engine.service.queue import JobQueue
 from engine.service.worker_death import kernel_oom_kills, log_tail, worker_death
 from engine.settings import Settings
+from engine.training.run_dir import RunDir
+from engine.training.stops import OutOfGpuMemory
 
 INTERRUPTED_REASON = "the service stopped while this job ran; resume it to continue from its last checkpoint"
 
@@ -403,9 +403,9 @@ class EventRecorder:
 
 
 def _run_train(job: Job, settings: Settings, recorder: EventRecorder) -> dict[str, Any]:
-    from engine.executors import choose_executor
-    from engine.placement import decide, detect_local_gpus, model_family
-    from engine.train_config import TrainConfig
+    from engine.placement.decision import choose_executor, decide, model_family
+    from engine.placement.gpus import detect_local_gpus
+    from engine.training.config import TrainConfig
 
     config = TrainConfig.model_validate(job.config)
     # Placed as `likeness train --where W --gpu G` would: auto runs here when it fits this machine's
@@ -422,7 +422,7 @@ def _run_train(job: Job, settings: Settings, recorder: EventRecorder) -> dict[st
 
 
 def _run_generate(job: Job, settings: Settings, recorder: EventRecorder) -> dict[str, Any]:
-    from engine.generate import GenerateConfig, generate
+    from engine.generation.generator import GenerateConfig, generate
 
     result = generate(GenerateConfig.model_validate(job.config), settings, on_event=recorder)
     home = settings.home
@@ -520,7 +520,7 @@ def run_job(job_id: int, service_pid: int) -> int:
 def _check_room(job: Job, home: Path, reserve_mb: float) -> None:
     """Fail before loading anything when the run's checkpoints cannot fit (the disk may have filled
     since the job was submitted)."""
-    from engine.train_config import TrainConfig
+    from engine.training.config import TrainConfig
 
     problem = storage.room_problem(TrainConfig.model_validate(job.config), home, reserve_mb)
     if problem is not None:

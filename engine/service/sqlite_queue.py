@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.placement import Where
+from engine.placement.decision import Where
 from engine.service.errors import Conflict, NotFound, StorageError
 from engine.service.models import FINAL_STATES, Job, JobEvent, JobKind
 from engine.service.queue import JobQueue

@@ -13,10 +13,10 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from engine.memory_estimate import SDXL_TEXT_ENCODER_LORA_PER_RANK, SDXL_UNET_LORA_PER_RANK
-from engine.placement import model_family
-from engine.run_dir import RunDir
-from engine.train_config import TrainConfig
+from engine.placement.decision import model_family
+from engine.training.config import TrainConfig
+from engine.training.memory_plan import SDXL_TEXT_ENCODER_LORA_PER_RANK, SDXL_UNET_LORA_PER_RANK
+from engine.training.run_dir import RunDir
 
 MB = 2**20
 # LoRA parameters per rank of the built-in tiny model (measured: its rank-4 LoRA is 224 KB in fp32).

@@ -17,18 +17,18 @@ from typing import Any, BinaryIO
 
 from pydantic import BaseModel
 
-from engine.base_models import REPO_ID
-from engine.generate import GenerateConfig
-from engine.placement import Where, for_the_cloud
+from engine.generation.generator import GenerateConfig
+from engine.models.base_model import REPO_ID
+from engine.placement.decision import Where, for_the_cloud
 from engine.prep.config import PrepConfig
-from engine.run_dir import RunDir
 from engine.service import storage
 from engine.service.catalog import DATASETS, RUNS, UPLOADS, check_name, relative
 from engine.service.errors import Conflict, InvalidField, StorageError, TooLarge
 from engine.service.models import Job, JobKind
 from engine.service.queue import JobQueue
 from engine.service.security import path_problem
-from engine.train_config import TrainConfig
+from engine.training.config import TrainConfig
+from engine.training.run_dir import RunDir
 
 
 def _plain(value: Path | str, field: str) -> None:

@@ -1,6 +1,6 @@
 """Why a worker died without recording its end: out of memory where that shows, else its exit code.
 
-A worker that runs out of memory in Python records that itself (engine.placement.is_out_of_memory).
+A worker that runs out of memory in Python records that itself (engine.training.stops.is_out_of_memory).
 Two ways of running out end the process before Python can say anything:
 
 - OpenBLAS (numpy's BLAS), failing to map a buffer ten times over, prints one line and calls exit(1);

@@ -12,7 +12,7 @@ import random
 import shutil
 from pathlib import Path
 
-from engine.lora_files import (
+from engine.models.lora_files import (
     LORA_FILENAME,
     TRAINING_STATE_FILENAME,
     load_lora_into_training_models,
@@ -20,7 +20,7 @@ from engine.lora_files import (
     save_lora,
     save_training_state,
 )
-from engine.run_dir import RunDir
+from engine.training.run_dir import RunDir
 
 
 def checkpoints_to_delete(steps: list[int], keep: int, sample_every: int) -> list[int]:

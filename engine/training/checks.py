@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.base_models import BaseModelSource, check_base_available, resolve_base
-from engine.device import Placement
 from engine.errors import LikenessError
-from engine.images import image_folder, list_image_files
-from engine.memory_estimate import MemoryPlan, estimate_phases
+from engine.models.base_model import BaseModelSource, check_base_available, resolve_base
+from engine.models.device import Placement
 from engine.outputs import check_output_path
 from engine.settings import Settings
-from engine.train_config import TrainConfig
+from engine.training.config import TrainConfig
+from engine.training.images import image_folder, list_image_files
+from engine.training.memory_plan import MemoryPlan, estimate_phases
 
 # SDXL's narrowest adapted layers, for a base whose config cannot be read before loading (a single
 # file, a hub model not cached yet): the UNet's attention at 640 channels (its first level has

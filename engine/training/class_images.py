@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 from engine.events import Log
-from engine.sample_grid import SAMPLE_GUIDANCE
 from engine.settings import Settings
-from engine.train_config import TrainConfig
+from engine.training.config import TrainConfig
+from engine.training.sample_grid import SAMPLE_GUIDANCE
 
 
 def _folder(trainer, config: TrainConfig, settings: Settings) -> Path:

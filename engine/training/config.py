@@ -72,7 +72,7 @@ class TrainConfig(BaseModel):
     optimizer: Literal["auto", "adamw8bit", "adamw"] = Field(
         default="auto",
         description="bitsandbytes 8-bit AdamW (a quarter of the optimizer memory, a little slower) or torch AdamW; "
-        "auto = torch AdamW unless the run needs the memory (engine.memory_estimate.choose_plan).",
+        "auto = torch AdamW unless the run needs the memory (engine.training.memory_plan.choose_plan).",
     )
     gradient_checkpointing: Literal["auto", "on", "off"] = Field(
         default="auto",
@@ -104,7 +104,7 @@ class TrainConfig(BaseModel):
     checkpoints_keep: int = Field(
         default=2, gt=0, le=1000, strict=True,
         description="How many of the newest checkpoints to keep for resuming; every sample step's checkpoint is "
-        "kept as well, so the recommended step can be generated from (engine.checkpoints.checkpoints_to_delete).",
+        "kept as well, so the recommended step can be generated from (engine.training.checkpoints.checkpoints_to_delete).",
     )
     resume: bool = Field(default=False, description="Continue from the newest checkpoint in the run directory.")
     force: bool = Field(default=False, description="Overwrite a run directory that already holds a finished run.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.recommend import THRESHOLDS, Recommendation, sample_rows
+from engine.training.recommend import THRESHOLDS, Recommendation, sample_rows
 
 CURVES_FILE = "curves.png"
 

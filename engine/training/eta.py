@@ -6,7 +6,7 @@ starts. Both count sample grids, which on a CPU can take longer than all the ste
 
 from __future__ import annotations
 
-from engine.train_config import DEFAULT_VALIDATION_PROMPTS, TrainConfig
+from engine.training.config import DEFAULT_VALIDATION_PROMPTS, TrainConfig
 
 # Measured here (2 shared CPU cores, tiny model, one torch thread): a step takes 0.3-0.5 s at 64 px
 # and 0.12 s at 128 px unloaded (bench/results), a sample image about 0.07 s per denoising step at

@@ -11,7 +11,7 @@ The trainer works in phases, each loading what it needs and freeing it before th
 turns on a saver (8-bit optimizer states, gradient checkpointing) only where the run would not fit
 ``free_gib`` without it, then tiles the sample grids' decode and picks how many grid images the UNet
 denoises at once so that sampling stays inside the loop's peak. Pure: the free memory is passed in
-(``engine.device.free_memory_gib`` asks).
+(``engine.models.device.free_memory_gib`` asks).
 
 Weights and LoRA state are counted from SDXL's parameter counts. The rest are coefficients per
 1024x1024 image, most measured on an H200 (``bench/calibration/sdxl_phases_measured.json``, checked
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from engine.train_config import TrainConfig
+    from engine.training.config import TrainConfig
 
 GIB = 2**30
 PHASES = ("caching", "load", "loop", "sampling")
@@ -34,7 +34,7 @@ PHASES = ("caching", "load", "loop", "sampling")
 SDXL_UNET_PARAMS = 2_567_463_684
 SDXL_TEXT_ENCODER_PARAMS = 123_060_480 + 694_659_840  # CLIP ViT-L + OpenCLIP ViT-bigG
 SDXL_VAE_PARAMS = 83_653_863
-# LoRA parameters per unit of rank on the attention projections (engine.lora_files' target modules).
+# LoRA parameters per unit of rank on the attention projections (engine.models.lora_files' target modules).
 SDXL_UNET_LORA_PER_RANK = 1_451_520
 SDXL_TEXT_ENCODER_LORA_PER_RANK = 73_728 + 327_680
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.curves import CURVES_FILE
 from engine.errors import LikenessError
-from engine.lora_files import LORA_FILENAME
+from engine.models.lora_files import LORA_FILENAME
+from engine.training.curves import CURVES_FILE
 
 RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"

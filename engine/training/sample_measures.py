@@ -60,7 +60,7 @@ class TrainingPhotos:
 
     @classmethod
     def from_training_images(cls, images: list, identity) -> TrainingPhotos:
-        """From the trainer's images (engine.images.TrainingImage): the photos exactly as trained on."""
+        """From the trainer's images (engine.training.images.TrainingImage): the photos exactly as trained on."""
         pictures = []
         for image in images:
             pixels = ((image.pixels.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255)

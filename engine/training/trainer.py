@@ -4,7 +4,7 @@
     -> caching: encoders and VAE on the device, embeddings and latents one image at a time, then off
     -> the UNet arrives -> (resume) -> loop: noise, predict, step, log, sample, checkpoint -> save
 
-Each phase holds only what it needs on the device (engine.memory_estimate estimates each one; run.json
+Each phase holds only what it needs on the device (engine.training.memory_plan estimates each one; run.json
 records what each one measured on CUDA), and the savers are chosen for the device it runs on.
 
 Every step draws its images, noise and timesteps from a generator seeded by (seed, step), so a
@@ -21,19 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.base_models import BaseModelSource, load_sdxl_pipeline
-from engine.checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
-from engine.curves import CURVES_FILE, draw_curves
-from engine.device import (
-    PhasePeaks,
-    Placement,
-    choose_placement,
-    free_memory_gib,
-    memory_kind,
-    peak_memory_mb,
-)
 from engine.errors import LikenessError
-from engine.estimates import eta_seconds, grid_number, grids_after, grids_in_run
 from engine.events import (
     EventSink,
     Log,
@@ -45,18 +33,30 @@ from engine.events import (
     ignore_events,
 )
 from engine.grid import save_png_atomically
-from engine.identity_scores import identity_for_dataset, mean_score, score_label
-from engine.images import TrainingImage, load_training_images
-from engine.lora_files import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES, save_lora
-from engine.memory_estimate import MemoryPlan, choose_plan, estimate_phases
+from engine.models.base_model import BaseModelSource, load_sdxl_pipeline
+from engine.models.device import (
+    PhasePeaks,
+    Placement,
+    choose_placement,
+    free_memory_gib,
+    memory_kind,
+    peak_memory_mb,
+)
+from engine.models.lora_files import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES, save_lora
 from engine.outputs import first_missing
-from engine.placement import OutOfGpuMemory, out_of_memory_error, stop_status
-from engine.recommend import THRESHOLDS, best_likeness, overfitting, recommend
-from engine.run_dir import RunDir, write_json_atomically
-from engine.sample_grid import PromptEmbeds, decode_latents, render_images, sample_grid
-from engine.sample_measures import GridMeasures, TrainingPhotos, measure_grid
+from engine.prep.identity_scores import identity_for_dataset, mean_score, score_label
 from engine.settings import Settings
-from engine.train_config import TrainConfig
+from engine.training.checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
+from engine.training.config import TrainConfig
+from engine.training.curves import CURVES_FILE, draw_curves
+from engine.training.eta import eta_seconds, grid_number, grids_after, grids_in_run
+from engine.training.images import TrainingImage, load_training_images
+from engine.training.memory_plan import MemoryPlan, choose_plan, estimate_phases
+from engine.training.recommend import THRESHOLDS, best_likeness, overfitting, recommend
+from engine.training.run_dir import RunDir, write_json_atomically
+from engine.training.sample_grid import PromptEmbeds, decode_latents, render_images, sample_grid
+from engine.training.sample_measures import GridMeasures, TrainingPhotos, measure_grid
+from engine.training.stops import OutOfGpuMemory, out_of_memory_error, stop_status
 from engine.versions import library_versions
 
 StepHook = Callable[[int], None]
@@ -101,7 +101,7 @@ class SDXLLoRATrainer:
     # 1. Inputs are checked before anything heavy loads: a typo costs a second, not a minute.
     def check_inputs(self) -> None:
         from engine.prep import is_prepared_dataset
-        from engine.train_checks import check_fits_in_ram, check_train_inputs
+        from engine.training.checks import check_fits_in_ram, check_train_inputs
 
         self.base = check_train_inputs(self.config, self.settings)
         recovered = self.run_dir.recover_replaced()
@@ -481,7 +481,7 @@ class SDXLLoRATrainer:
         """Class images drawn by the base model (cached across runs), their latents and embeddings."""
         import torch
 
-        from engine.class_images import cached_class_images, ensure_class_images
+        from engine.training.class_images import cached_class_images, ensure_class_images
 
         folder = cached_class_images(self, self.config, self.settings)
         if folder is None:

@@ -107,7 +107,7 @@ class _ModalCall:
         return self._events.get(block=True, timeout=timeout)  # None on timeout
 
     def stop(self):
-        from engine.cloud.remote import STOP
+        from engine.placement.cloud.remote import STOP
 
         self._control.put(STOP)
 
@@ -126,7 +126,7 @@ class ModalCloud:
 
     def __init__(self):
         self.modal = check_modal_ready()
-        from engine.cloud import modal_app
+        from engine.placement.cloud import modal_app
 
         self.app = modal_app
 

@@ -15,8 +15,6 @@ import re
 import time
 from pathlib import Path
 
-from engine.base_models import resolve_base
-from engine.cloud.client import ModalClient, RemoteCall
 from engine.errors import LikenessError, TrainingCancelled
 from engine.events import (
     EventSink,
@@ -28,9 +26,11 @@ from engine.events import (
     Started,
     ignore_events,
 )
-from engine.executors import Executor
-from engine.images import image_folder, list_image_files
-from engine.run_dir import RunDir
+from engine.models.base_model import resolve_base
+from engine.placement.cloud.client import ModalClient, RemoteCall
+from engine.placement.executor import Executor
+from engine.training.images import image_folder, list_image_files
+from engine.training.run_dir import RunDir
 
 # How long a stopped run may take to reach its next step boundary and commit before it is cancelled.
 STOP_GRACE_S = 180.0
@@ -68,7 +68,7 @@ class ModalExecutor(Executor):
     @property
     def client(self) -> ModalClient:
         if self._client is None:
-            from engine.cloud.client import ModalCloud
+            from engine.placement.cloud.client import ModalCloud
 
             self._client = ModalCloud()
         return self._client
@@ -104,7 +104,7 @@ class ModalExecutor(Executor):
             raise
 
     def _train(self, client: ModalClient, config, run: RunDir, on_event: EventSink, step_hook, under_way):
-        from engine.cloud.remote import RemoteTrainRequest
+        from engine.placement.cloud.remote import RemoteTrainRequest
 
         # 2. The dataset, once per content.
         key = dataset_key(config.data)
@@ -209,7 +209,7 @@ class ModalExecutor(Executor):
 
 
 def _result(run: RunDir, outcome: dict):
-    from engine.train_sdxl import TrainResult
+    from engine.training.trainer import TrainResult
 
     record = run.read_run() or {}
     if outcome.get("status") != "done" or record.get("status") != "done":

@@ -1,7 +1,7 @@
-"""Modal's App, Image and Volumes for likeness, all here; the functions are thin wrappers over engine.cloud.remote.
+"""Modal's App, Image and Volumes for likeness, all here; the functions are thin wrappers over engine.placement.cloud.remote.
 
 Building these objects needs no network: Modal resolves them when an app runs. ``ModalCloud``
-(engine.cloud.client) runs this App ephemerally for each job, so the container always has the code of
+(engine.placement.cloud.client) runs this App ephemerally for each job, so the container always has the code of
 this checkout; the Image's dependency layers are cached by Modal and rebuilt only when they change.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import modal
 
-from engine.cloud.remote import CONTAINER_ROOT
+from engine.placement.cloud.remote import CONTAINER_ROOT
 
 APP_NAME = "likeness"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -60,8 +60,8 @@ def _commit_runs() -> None:
 
 @app.function(image=image, gpu=DEFAULT_GPU, volumes=VOLUMES, timeout=TRAIN_TIMEOUT_S, retries=RETRIES)
 def train(request: dict, events, control) -> dict:
-    """Train one LoRA (engine.train_sdxl.train) into the runs volume; ``events`` streams progress back."""
-    from engine.cloud.remote import RemoteTrainRequest, run_training
+    """Train one LoRA (engine.training.trainer.train) into the runs volume; ``events`` streams progress back."""
+    from engine.placement.cloud.remote import RemoteTrainRequest, run_training
 
     result = run_training(RemoteTrainRequest(**request), events, control, _commit_runs)
     if not modal.is_local():
@@ -71,8 +71,8 @@ def train(request: dict, events, control) -> dict:
 
 @app.function(image=image, gpu=DEFAULT_GPU, volumes=VOLUMES, timeout=GENERATE_TIMEOUT_S, retries=RETRIES)
 def generate(request: dict) -> dict:
-    """Generate with a run's LoRA (engine.generate.generate); the images land in the run's folder."""
-    from engine.cloud.remote import run_generation
+    """Generate with a run's LoRA (engine.generation.generator.generate); the images land in the run's folder."""
+    from engine.placement.cloud.remote import run_generation
 
     result = run_generation(request)
     _commit_runs()

@@ -90,11 +90,11 @@ def run_training(request: RemoteTrainRequest, events: Channel, control: Channel,
     A retry (Modal runs the function again after a crash or preemption) finds the checkpoints the
     first attempt committed and resumes from the newest, so it follows the same loss curve.
     """
-    from engine.placement import modal_gpu
-    from engine.run_dir import RunDir
+    from engine.placement.gpus import modal_gpu
     from engine.settings import Settings
-    from engine.train_config import TrainConfig
-    from engine.train_sdxl import train
+    from engine.training.config import TrainConfig
+    from engine.training.run_dir import RunDir
+    from engine.training.trainer import train
 
     started = time.monotonic()
     dataset, out, cache = remote_paths(request.root, request.dataset_key, request.run_key)
@@ -135,7 +135,7 @@ def run_training(request: RemoteTrainRequest, events: Channel, control: Channel,
 
 def record_cloud_run(run, gpu: str, cost_usd: float) -> None:
     """Say in run.json that the run was on Modal, on which GPU, and what it cost so far."""
-    from engine.placement import PRICES_AS_OF
+    from engine.placement.gpus import PRICES_AS_OF
 
     record = run.read_run()
     if record is None:
@@ -157,7 +157,7 @@ class RemoteGenerateRequest(BaseModel):
 
 def run_generation(request: dict[str, Any]) -> dict[str, Any]:
     """Generate into RUN/generations/<out_name> in the container; return what was written, relative to the run."""
-    from engine.generate import GenerateConfig, generate
+    from engine.generation.generator import GenerateConfig, generate
     from engine.settings import Settings
 
     job = RemoteGenerateRequest(**request)
