@@ -7,37 +7,53 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export a run's LoRA for ComfyUI / A1111 / Forge",
-                              description="Write a run's LoRA as a kohya-style .safetensors file, the format "
-                                          "ComfyUI, A1111 and Forge load from their loras folder.")
+    p = subparsers.add_parser("export", help="export a run's LoRA for ComfyUI / A1111 / Forge, or diffusers",
+                              description="Write a run's LoRA named after the run: kohya's layout (the run's own "
+                                          "lora.safetensors is in it too), which ComfyUI, A1111, Forge and diffusers "
+                                          "load, or diffusers' own layout.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
-    p.add_argument("--format", choices=["kohya"], default="kohya", help="output format (default kohya)")
+    p.add_argument("--format", choices=["kohya", "diffusers"], default="kohya",
+                   help="kohya (default: ComfyUI, A1111, Forge, diffusers) or diffusers (peft's names)")
     p.add_argument("--step", type=int, help="export the checkpoint at this step instead of the final LoRA")
     p.add_argument("--out", type=Path, metavar="FILE", help="output .safetensors file (default RUN_DIR/export/<run name>.safetensors)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--check", action="store_true",
+                   help="then check every module maps to full-size SDXL base 1.0 in kohya, A1111 and ComfyUI naming "
+                        "(diffusers naming for --format diffusers); exit 2 if one does not")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from engine.errors import LikenessError
     from engine.generation.generator import _lora_source, lora_name
-    from engine.models.lora_files import export_kohya
+    from engine.models.lora_files import export_lora, lora_info_for_run
     from engine.outputs import check_output_path, create_folder, removed_on_failure
     from engine.training.run_dir import RunDir
 
-    if not args.run_dir.is_dir() or RunDir(args.run_dir).read_run() is None:
+    record = RunDir(args.run_dir).read_run() if args.run_dir.is_dir() else None
+    if record is None:
         raise LikenessError(f"{args.run_dir} is not a likeness run directory (no run.json)")
     lora = _lora_source(args.run_dir).file_for(args.run_dir, args.step)
     # Named after the run, as generate's <lora:NAME:…> tags and "Lora hashes" name it.
     name = lora_name(args.run_dir, args.step)
-    dest = args.out or args.run_dir / "export" / f"{name}.safetensors"
+    suffix = "-diffusers" if args.format == "diffusers" else ""
+    dest = args.out or args.run_dir / "export" / f"{name}{suffix}.safetensors"
     _check_destination(dest, args.run_dir, args.force)
     check_output_path(dest, "--out")
-    layers_per_block = _layers_per_block(RunDir(args.run_dir).read_run())
+    info = lora_info_for_run(record, name, _layers_per_block(record))
     with removed_on_failure(dest.parent):
         create_folder(dest.parent)
-        export_kohya(lora, dest, layers_per_block, name=name)
-    print(f"kohya LoRA: {dest}  (copy it into ComfyUI/models/loras or A1111/Forge models/Lora)")
+        export_lora(lora, dest, info, args.format)
+    if args.format == "diffusers":
+        print(f"diffusers LoRA: {dest}  (pipe.load_lora_weights(\"{dest}\"))")
+    else:
+        print(f"kohya LoRA: {dest}  (copy it into ComfyUI/models/loras or A1111/Forge models/Lora)")
+    if args.check:
+        from engine.models.lora_compatibility import check_lora_compatibility
+
+        # The tiny model's layers are narrower than SDXL's: its names map, its shapes cannot.
+        full_size = (record.get("base") or {}).get("kind") != "tiny"
+        print(check_lora_compatibility(dest, check_shapes=full_size).summary())
     return 0
 
 

@@ -154,6 +154,16 @@ def _lora_source(lora: Path | None) -> _LoraSource:
     raise LikenessError(f"--lora {lora} does not exist")
 
 
+def lora_files_to_load(config: GenerateConfig) -> list[Path]:
+    """The LoRA files ``config`` would load (one per step it draws), for checking them before a job
+    that would load them is queued."""
+    if config.lora is None:
+        return []
+    source = _lora_source(config.lora)
+    step = config.step if config.step is not None or "step" in config.sweeps else source.default_step()[0]
+    return list(dict.fromkeys(source.file_for(config.lora, s) for s in config.sweeps.get("step", [step])))
+
+
 def lora_name(lora: Path, step: int | None = None) -> str:
     """What a LoRA is called in A1111 tags and exports: its run's folder name (``-stepN`` for a
     checkpoint), or a foreign file's own name."""

@@ -181,6 +181,7 @@ def _generate(config: GenerateConfig, home: Path, model_roots: tuple[Path, ...] 
             if RunDir(lora).read_run() is None:
                 raise InvalidField("config.lora", f"{relative(home, lora)} is not a run (no run.json)")
             run_dir = relative(home, lora)
+        _check_loras(config.model_copy(update=update), home)
     runs = Path(os.path.realpath(home)) / RUNS
     if config.out is not None:
         out = update["out"] = _inside(home, config.out, "config.out")
@@ -190,6 +191,23 @@ def _generate(config: GenerateConfig, home: Path, model_roots: tuple[Path, ...] 
     elif run_dir is None or not Path(home, run_dir).resolve().is_relative_to(runs):
         raise InvalidField("config.out", f"required unless config.lora is a run in {RUNS}/")
     return config.model_copy(update=update), run_dir
+
+
+def _check_loras(config: GenerateConfig, home: Path) -> None:
+    """A damaged LoRA (NaN weights, a module without its up weights, an absurd header) is refused
+    at submit, as the CLI refuses it before loading."""
+    from engine.errors import LikenessError
+    from engine.generation.generator import lora_files_to_load
+    from engine.models.lora_validation import validate_lora
+
+    try:
+        for path in lora_files_to_load(config):
+            try:
+                validate_lora(path)
+            except LikenessError as error:
+                raise LikenessError(str(error).replace(str(path), relative(home, path))) from None
+    except LikenessError as error:
+        raise InvalidField("config.lora", str(error)) from None
 
 
 def resume_config(job: Job, home: Path, where: Where | None = None) -> dict[str, Any]:

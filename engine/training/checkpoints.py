@@ -15,6 +15,7 @@ from pathlib import Path
 from engine.models.lora_files import (
     LORA_FILENAME,
     TRAINING_STATE_FILENAME,
+    LoraInfo,
     load_lora_into_training_models,
     load_training_state,
     save_lora,
@@ -36,7 +37,9 @@ def checkpoints_to_delete(steps: list[int], keep: int, sample_every: int) -> lis
 
 def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_scheduler, config_json: dict, *,
                     rank: int, alpha: float, keep: int, memory_plan: dict | None = None,
-                    sample_every: int = 0) -> Path:
+                    sample_every: int = 0, info: LoraInfo | None = None) -> Path:
+    """Write the resumable state of ``step``; its LoRA (in kohya's layout, named ``info.name``) is
+    one a user can pick to generate with or copy into another tool."""
     import numpy as np
     import torch
 
@@ -44,7 +47,8 @@ def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_schedule
     staging = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_lora(staging, models["unet"], models.get("text_encoder"), models.get("text_encoder_2"), rank=rank, alpha=alpha)
+    save_lora(staging, models["unet"], models.get("text_encoder"), models.get("text_encoder_2"), rank=rank, alpha=alpha,
+              info=info or LoraInfo(name=f"{run.root.name}-step{step}"))
     save_training_state(staging, models)
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), staging / "scheduler.pt")

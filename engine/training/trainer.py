@@ -42,7 +42,12 @@ from engine.models.device import (
     memory_kind,
     peak_memory_mb,
 )
-from engine.models.lora_files import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES, save_lora
+from engine.models.lora_files import (
+    TEXT_ENCODER_TARGET_MODULES,
+    UNET_TARGET_MODULES,
+    lora_info_for_run,
+    save_lora,
+)
 from engine.outputs import first_missing
 from engine.prep.identity_scores import identity_for_dataset, mean_score, score_label
 from engine.settings import Settings
@@ -408,7 +413,8 @@ class SDXLLoRATrainer:
                     save_checkpoint(run, step, self._lora_models(), optimizer, lr_scheduler,
                                     config.model_dump(mode="json"), rank=config.rank, alpha=config.lora_alpha,
                                     keep=config.checkpoints_keep, memory_plan=self.plan.to_json(),
-                                    sample_every=config.sample_every)
+                                    sample_every=config.sample_every,
+                                    info=lora_info_for_run(record, f"{run.root.name}-step{step}"))
                     run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
                 if self.step_hook is not None:
                     self.step_hook(step)
@@ -426,7 +432,8 @@ class SDXLLoRATrainer:
                 raise out_of_memory_error(config, placement.gpu_name, steps[-1] if steps else None) from stop
             raise
 
-        lora_path = save_lora(run.root, **self._lora_models_kw(), rank=config.rank, alpha=config.lora_alpha)
+        lora_path = save_lora(run.root, **self._lora_models_kw(), rank=config.rank, alpha=config.lora_alpha,
+                              info=lora_info_for_run(record, run.root.name))
         self._judge(record, final=True)
         wall = time.perf_counter() - started
         peak = self.phases.whole_run_mb()
