@@ -289,7 +289,7 @@ def read_lora_modules(path: Path, layers_per_block: int = 2) -> tuple[dict, dict
     flat = flat if isinstance(flat, dict) else {}
     alphas = {}
     for component in COMPONENTS:
-        with contextlib.suppress(TypeError, ValueError):
+        with contextlib.suppress(KeyError, TypeError, ValueError):
             alphas[component] = float(flat[f"{component}.lora_alpha"])
     modules = modules_from_tensors(tensors, alphas if layout_of(tensors) == "diffusers" else {}, layers_per_block)
     if not modules:
