@@ -198,7 +198,7 @@ def workspace(tmp_path_factory, photos, dataset, text_encoder_run, tiny_model) -
     foreign = inp / "foreign"
     foreign.mkdir()
     ours = load_file(str(text_encoder_run / "lora.safetensors"))
-    save_file({k: v for k, v in ours.items() if k.startswith("unet.")}, str(foreign / "diffusers_unet.safetensors"))
+    save_file({k: v for k, v in ours.items() if k.startswith("lora_unet_")}, str(foreign / "diffusers_unet.safetensors"))
     (foreign / "text.safetensors").write_text("plain text")
     shutil.copy(tiny_model / "unet" / "diffusion_pytorch_model.safetensors", foreign / "unet_checkpoint.safetensors")
     # A LoRA for a UNet whose attention is 320 wide, where the tiny model's is 64.

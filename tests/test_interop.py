@@ -116,26 +116,52 @@ def test_kohya_export_keys_are_the_ones_comfyui_and_kohya_load(kohya_file, tiny_
     assert {m for m in modules if m.startswith("lora_unet_")} == unet_attention
 
 
-def test_run_lora_uses_diffusers_standard_text_encoder_names(text_encoder_run):
-    keys = load_file(str(text_encoder_run / "lora.safetensors")).keys()
-    te_keys = [k for k in keys if k.startswith("text_encoder")]
-    assert te_keys and all(k.startswith(("text_encoder.text_model.encoder.layers.",
-                                         "text_encoder_2.text_model.encoder.layers.")) for k in te_keys)
-    assert any(k.startswith("text_encoder.") for k in te_keys) and any(k.startswith("text_encoder_2.") for k in te_keys)
+def test_run_lora_is_in_kohya_layout_with_alpha_everywhere_and_the_metadata_tools_read(text_encoder_run):
+    from engine.training.run_dir import RunDir
+
+    with safe_open(str(text_encoder_run / "lora.safetensors"), "pt") as handle:
+        keys, meta = list(handle.keys()), handle.metadata()
+    modules = {k.split(".", 1)[0] for k in keys}
+    assert set(keys) == {f"{m}.{part}" for m in modules for part in ("lora_down.weight", "lora_up.weight", "alpha")}
+    assert {m.split("_")[1] for m in modules} == {"unet", "te1", "te2"}
+    record = RunDir(text_encoder_run).read_run()
+    rank, alpha = TEXT_ENCODER_RUN["rank"], TEXT_ENCODER_RUN["alpha"]
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_network_module"] == "networks.lora"
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == (str(rank), str(float(rank)))
+    assert (meta["likeness_training_rank"], meta["likeness_training_alpha"]) == (str(rank), str(alpha))
+    assert meta["ss_output_name"] == meta["modelspec.title"] == text_encoder_run.name
+    assert meta["ss_resolution"] == "(64, 64)" and meta["modelspec.resolution"] == "64x64"
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert meta["modelspec.date"] == record["started_at"][:10]
+    data = (text_encoder_run / "lora.safetensors").read_bytes()
+    assert meta["sshs_model_hash"] == hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()
+    # A checkpoint a user can pick is named for its step, as generate's <lora:NAME-stepN:…> tags are.
+    with safe_open(str(text_encoder_run / "checkpoints" / "step-000001" / "lora.safetensors"), "pt") as handle:
+        assert handle.metadata()["ss_output_name"] == f"{text_encoder_run.name}-step1"
+        assert all(k.startswith("lora_") for k in handle.keys())
 
 
-def test_the_scale_is_in_the_weights_not_only_in_the_metadata(text_encoder_run):
-    # The checkpoint keeps peft's own weights beside the LoRA file: up·down in the file must be
-    # (alpha / rank)·B·A of the training weights.
+def test_alpha_over_rank_in_the_file_gives_the_trained_strength(text_encoder_run):
+    # The checkpoint keeps peft's own weights beside the LoRA file: (alpha/rank)·up·down as every tool
+    # applies it must be (trained alpha / rank)·B·A of the training weights.
     checkpoint = text_encoder_run / "checkpoints" / "step-000001"
     raw = load_file(str(checkpoint / "lora-training-state.safetensors"))
     exported = load_file(str(checkpoint / "lora.safetensors"))
-    module = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
-    trained = raw[f"unet.{module}.lora_B.weight"] @ raw[f"unet.{module}.lora_A.weight"]
-    written = exported[f"unet.{module}.lora.up.weight"] @ exported[f"unet.{module}.lora.down.weight"]
     scale = TEXT_ENCODER_RUN["alpha"] / TEXT_ENCODER_RUN["rank"]
-    assert scale != 1 and trained.abs().max() > 0
-    torch.testing.assert_close(written, scale * trained)
+    for trained_as, name in [
+        ("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+         "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"),
+        ("text_encoder_2.text_model.encoder.layers.1.self_attn.v_proj",
+         "lora_te2_text_model_encoder_layers_1_self_attn_v_proj"),
+    ]:
+        component, module = trained_as.split(".", 1)
+        prefix = f"{component}.{module}" if f"{component}.{module}.lora_A.weight" in raw else (
+            f"{component}.{module.removeprefix('text_model.')}")
+        trained = raw[f"{prefix}.lora_B.weight"] @ raw[f"{prefix}.lora_A.weight"]
+        down, up = exported[f"{name}.lora_down.weight"], exported[f"{name}.lora_up.weight"]
+        applied = float(exported[f"{name}.alpha"]) / down.shape[0] * up @ down
+        assert scale != 1 and trained.abs().max() > 0
+        torch.testing.assert_close(applied, scale * trained)
 
 
 def draw(base: Path, lora: Path | None) -> np.ndarray:
@@ -162,7 +188,20 @@ def test_a_loader_that_ignores_metadata_draws_the_same_picture(text_encoder_run,
     assert not np.array_equal(draw(tiny_model, None), with_metadata), "the LoRA should change the picture"
 
 
+def test_diffusers_draws_the_run_lora_pixel_exact_as_its_diffusers_layout(text_encoder_run, tiny_model, tmp_path):
+    # The run's own file (kohya's layout) and the same LoRA in diffusers' layout, as runs were written
+    # before: diffusers must draw the very same pixels from both, text encoders included.
+    peft_layout = tmp_path / "me-diffusers.safetensors"
+    assert main(["export", str(text_encoder_run), "--format", "diffusers", "--out", str(peft_layout)]) == 0
+    keys = load_file(str(peft_layout)).keys()
+    assert any(k.startswith("unet.") and k.endswith(".lora.down.weight") for k in keys)
+    assert any(k.startswith("text_encoder_2.text_model.") and ".lora_linear_layer." in k for k in keys)
+    assert np.array_equal(draw(tiny_model, text_encoder_run / "lora.safetensors"), draw(tiny_model, peft_layout))
+
+
 def test_same_seed_runs_in_two_processes_are_byte_identical(text_encoder_run, dataset, home, tmp_path, kohya_file):
+    from engine.training.run_dir import RunDir
+
     again = tmp_path / text_encoder_run.name  # the export carries the run's name
     script = ("import sys; from pathlib import Path; from engine.settings import Settings; "
               "from engine.training.trainer import train; from tests.conftest import tiny_train_config, TEXT_ENCODER_RUN; "
@@ -170,9 +209,16 @@ def test_same_seed_runs_in_two_processes_are_byte_identical(text_encoder_run, da
     env = {**os.environ, "LIKENESS_HOME": str(home), "PYTHONHASHSEED": "random"}
     subprocess.run([sys.executable, "-c", script, str(dataset), str(again)], check=True, env=env, timeout=600,
                    cwd=Path(__file__).parent.parent)
-    assert (again / "lora.safetensors").read_bytes() == (text_encoder_run / "lora.safetensors").read_bytes()
+    same_day = (RunDir(again).read_run()["started_at"][:10] == RunDir(text_encoder_run).read_run()["started_at"][:10])
+    pairs = [(again / "lora.safetensors", text_encoder_run / "lora.safetensors")]
     assert main(["export", str(again), "--out", str(tmp_path / "me.safetensors")]) == 0
-    assert (tmp_path / "me.safetensors").read_bytes() == kohya_file.read_bytes()
+    pairs.append((tmp_path / "me.safetensors", kohya_file))
+    for one, other in pairs:
+        if same_day:  # the files name the day their run started (modelspec.date)
+            assert one.read_bytes() == other.read_bytes()
+        else:
+            a, b = load_file(str(one)), load_file(str(other))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_images_name_the_lora_and_base_with_their_hashes(text_encoder_run, settings, tmp_path):
@@ -207,3 +253,43 @@ def test_images_name_the_lora_and_base_with_their_hashes(text_encoder_run, setti
     warnings = [e.message for e in events if isinstance(e, Log) and "tokens" in e.message]
     assert len(warnings) == 1 and "ignored" in warnings[0]
     assert long.sidecar["prompt_truncated"] and not sidecar["prompt_truncated"]
+
+
+def test_an_old_diffusers_layout_run_still_generates_exports_and_resumes(text_encoder_run, kohya_file, dataset,
+                                                                        settings, tmp_path):
+    import shutil
+
+    from engine.generation.generator import GenerateConfig, generate
+    from engine.models.lora_files import read_lora_modules, write_diffusers_lora
+    from engine.training.run_dir import RunDir
+    from engine.training.trainer import train
+    from tests.conftest import tiny_train_config
+
+    # A run as likeness wrote them before kohya's layout: every LoRA file in diffusers' layout.
+    old = tmp_path / text_encoder_run.name
+    shutil.copytree(text_encoder_run, old, ignore=shutil.ignore_patterns("generations", "export"))
+    for lora in [old / "lora.safetensors", *old.glob("checkpoints/*/lora.safetensors")]:
+        write_diffusers_lora(lora, read_lora_modules(lora)[0])
+        assert all(k.startswith(("unet.", "text_encoder")) for k in load_file(str(lora)))
+
+    def picture(run: Path) -> np.ndarray:
+        from PIL import Image
+
+        result = generate(GenerateConfig(lora=run, steps=1, out=tmp_path / f"gen-{run.parent.name}"), settings)
+        with Image.open(result.images[0].path) as image:
+            return np.asarray(image.convert("RGB"))
+
+    assert np.array_equal(picture(old), picture(text_encoder_run))
+    assert main(["export", str(old), "--out", str(tmp_path / "me.safetensors")]) == 0
+    exported, expected = load_file(str(tmp_path / "me.safetensors")), load_file(str(kohya_file))
+    assert exported.keys() == expected.keys() and all(torch.equal(exported[k], expected[k]) for k in exported)
+
+    # Interrupted after step 1, from before checkpoints kept the training state: resume reads the
+    # checkpoint's diffusers-layout LoRA, and the run finishes in kohya's layout.
+    (old / "checkpoints" / "step-000001" / "lora-training-state.safetensors").unlink()
+    (old / "lora.safetensors").unlink()
+    record = RunDir(old).read_run()
+    RunDir(old).write_run({**record, "status": "cancelled", "steps_done": 1})
+    train(tiny_train_config(dataset, old, **{**TEXT_ENCODER_RUN, "resume": True}), settings)
+    assert RunDir(old).read_run()["status"] == "done"
+    assert all(k.startswith("lora_") for k in load_file(str(old / "lora.safetensors")))

@@ -60,20 +60,21 @@ def test_a_run_leaves_lora_samples_metrics_and_a_full_record(trained_run, photos
     assert run.checkpoint_steps() == [3]
 
 
-def test_lora_file_is_diffusers_format_with_rank_and_alpha(trained_run):
+def test_lora_file_is_kohya_layout_with_rank_and_alpha(trained_run):
     from safetensors import safe_open
 
     with safe_open(str(RunDir(trained_run).lora), "pt") as handle:
         keys = list(handle.keys())
-        meta = json.loads(handle.metadata()["lora_adapter_metadata"])
-    assert keys and all(k.startswith("unet.") for k in keys)
-    assert meta["unet.r"] == 4 and meta["unet.lora_alpha"] == 4.0
+        meta = handle.metadata()
+    assert keys and all(k.startswith("lora_unet_") for k in keys)
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4.0"
+    assert all(float(v) == 4.0 for k, v in load_file(str(RunDir(trained_run).lora)).items() if k.endswith(".alpha"))
 
 
 def test_trained_lora_changes_the_unet(trained_run):
     # lora_up starts at zero; after training it must not be, or nothing was learned.
     weights = load_file(str(RunDir(trained_run).lora))
-    ups = [v for k, v in weights.items() if ".lora.up." in k]
+    ups = [v for k, v in weights.items() if ".lora_up." in k]
     assert ups and any(v.abs().max() > 0 for v in ups)
 
 
