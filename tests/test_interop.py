@@ -293,3 +293,15 @@ def test_an_old_diffusers_layout_run_still_generates_exports_and_resumes(text_en
     train(tiny_train_config(dataset, old, **{**TEXT_ENCODER_RUN, "resume": True}), settings)
     assert RunDir(old).read_run()["status"] == "done"
     assert all(k.startswith("lora_") for k in load_file(str(old / "lora.safetensors")))
+
+
+def test_export_check_maps_every_module_of_the_run_and_says_so(text_encoder_run, tmp_path, capsys):
+    dest = tmp_path / "me.safetensors"
+    assert main(["export", str(text_encoder_run), "--out", str(dest), "--check"]) == 0
+    out = capsys.readouterr().out
+    modules = len({k.split(".", 1)[0] for k in load_file(str(dest))})
+    assert f"check: {modules} of {modules} LoRA modules map to SDXL base 1.0 in kohya, A1111, ComfyUI naming" in out
+    assert "shapes not checked" in out  # the tiny model's layers are narrower than SDXL's
+    assert main(["export", str(text_encoder_run), "--format", "diffusers", "--check",
+                 "--out", str(tmp_path / "d.safetensors")]) == 0
+    assert f"{modules} of {modules} LoRA modules map to SDXL base 1.0 in diffusers naming" in capsys.readouterr().out

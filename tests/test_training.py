@@ -164,8 +164,8 @@ def test_text_encoder_lora_and_prior_preservation_train_and_save(tmp_path, datas
     train(tiny_train_config(dataset, out, steps=2, train_text_encoder=True, prior_preservation=True,
                             num_class_images=2, checkpoint_every=0, sample_every=0), settings)
     keys = load_file(str(RunDir(out).lora)).keys()
-    assert any(k.startswith("text_encoder.") for k in keys)
-    assert any(k.startswith("text_encoder_2.") for k in keys)
+    assert any(k.startswith("lora_te1_") for k in keys)
+    assert any(k.startswith("lora_te2_") for k in keys)
     assert len(list(settings.class_images_dir.glob("*/*.png"))) >= 2
 
 

@@ -229,7 +229,7 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
 
     @app.get("/runs/{name}/lora", tags=["runs"], response_class=FileResponse)
     def run_lora(name: Name) -> FileResponse:
-        """Download the final LoRA (diffusers format)."""
+        """Download the final LoRA (kohya's layout, which ComfyUI, A1111, Forge and diffusers load)."""
         path = catalog.run_file(home, name, "lora.safetensors")
         return _file(path, download=f"{name}.safetensors")
 
