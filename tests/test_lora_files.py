@@ -221,6 +221,7 @@ def test_a_malformed_lora_is_refused_in_one_line_by_generate(case, tmp_path, cap
     assert not (tmp_path / "gen").exists()
 
 
+@pytest.mark.slow
 def test_a_malformed_lora_is_refused_by_export_and_check(text_encoder_run, tmp_path, capsys):
     import shutil
 
