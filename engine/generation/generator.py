@@ -161,7 +161,8 @@ def lora_files_to_load(config: GenerateConfig) -> list[Path]:
         return []
     source = _lora_source(config.lora)
     step = config.step if config.step is not None or "step" in config.sweeps else source.default_step()[0]
-    return list(dict.fromkeys(source.file_for(config.lora, s) for s in config.sweeps.get("step", [step])))
+    steps = [s for s in config.sweeps.get("step", [step]) if s is None or type(s) is int]  # the rest fail later, by name
+    return list(dict.fromkeys(source.file_for(config.lora, s) for s in steps))
 
 
 def lora_name(lora: Path, step: int | None = None) -> str:
