@@ -68,7 +68,7 @@ def test_every_engine_and_tui_module_imports_on_the_image_torch():
     names = sorted(m.name for package in (engine, tui)
                    for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
                    if not m.name.endswith("__main__"))
-    code = "import importlib\nfor name in %r:\n    importlib.import_module(name)\n" % names
+    code = f"import importlib\nfor name in {names!r}:\n    importlib.import_module(name)\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(names) > 50
