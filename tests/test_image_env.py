@@ -88,16 +88,22 @@ def test_on_the_cpu_the_run_takes_sdpa_and_torch_adamw_even_with_xformers_and_bi
         train(tiny_train_config(dataset, tmp_path / "run", attention="xformers"), settings)
 
 
+@pytest.mark.image
 def test_torchs_old_driver_message_becomes_one_line_naming_the_version_and_the_fix():
     # torch 2.10's own words on a driver older than its CUDA 12.8 build (a CUDA 12.2 driver here).
     message = ("CUDA initialization: The NVIDIA driver on your system is too old (found version 12020). "
                "Please update your GPU driver by downloading and installing a new version from the URL: "
                "http://www.nvidia.com/Download/index.aspx Alternatively, go to: https://pytorch.org to "
-               "install a PyTorch version that has been compiled with your version of the CUDA driver.")
+               "install a PyTorch version that has been compiled with your version of the CUDA driver. "
+               "(Triggered internally at /pytorch/c10/cuda/CUDAFunctions.cpp:119.)")
     reason = no_cuda_reason("12.8", False, [message])
     assert reason == ("torch's CUDA 12.8 build: The NVIDIA driver on your system is too old (found version "
                       "12020); update the NVIDIA driver to R570 or newer")
     assert no_cuda_reason("12.8", True, []) is None
+    assert no_cuda_reason("12.8", False, ["CUDA initialization: Found no NVIDIA driver on your system. Please "
+                                          "check that you have an NVIDIA GPU and installed a driver"]) == \
+        "torch's CUDA 12.8 build: Found no NVIDIA driver on your system"
+    assert no_cuda_reason(None, False, []) == "this torch is a CPU build"
 
 
 @pytest.mark.image

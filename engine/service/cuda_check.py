@@ -35,10 +35,11 @@ def no_cuda_reason(torch_cuda: str | None, available: bool, warnings: list[str])
     if torch_cuda is None:
         return "this torch is a CPU build"
     for message in warnings:
-        if "driver" in message.lower():
-            # torch's message is a paragraph of URLs; its first sentence names the driver's version.
+        if message.startswith("CUDA initialization: "):
+            # torch's message is a paragraph of URLs; its first sentence says what is wrong.
             first = message.removeprefix("CUDA initialization: ").split(". ")[0].rstrip(".")
-            return f"torch's CUDA {torch_cuda} build: {first}; update the NVIDIA driver to R570 or newer"
+            fix = "; update the NVIDIA driver to R570 or newer" if "too old" in first else ""
+            return f"torch's CUDA {torch_cuda} build: {first}{fix}"
     return f"torch's CUDA {torch_cuda} build finds no usable GPU"
 
 
