@@ -27,7 +27,7 @@ COPY tui ./tui
 COPY docker/install.sh docker/image-pins.txt ./docker/
 # The same script and pins `make image-venv` and CI run, so the image and the tests cannot drift
 # apart. pip's cache lives in a BuildKit cache, not in a layer: a rebuild after a code change
-# reinstalls the 3.5 GB of torch and CUDA wheels from it instead of downloading them again.
+# reinstalls the 4 GB of torch and CUDA wheels from it instead of downloading them again.
 RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m venv /opt/venv \
  && PYTHON=/opt/venv/bin/python STACK=image EXTRAS=cloud INSTALL_MODE=package docker/install.sh

@@ -6,10 +6,13 @@
 #   STACK        cpu (default): torch 2.13's CPU build, for development and the main test suite;
 #                image: the Docker image's GPU stack, torch + xformers + bitsandbytes exactly as
 #                docker/image-pins.txt pins them, from PyPI
+#   WHEELHOUSE   STACK=image only: where the pinned stack's wheels are kept between installs
+#                (default: likeness-image-wheels in pip's cache folder)
 #   TORCH_SPEC   STACK=cpu only: which torch to put in first (default torch==2.13.0)
 #   EXTRAS       extras of the likeness package to install with it (default: test)
 #   TEST_EXTRAS  extras layered on top afterwards, held to the versions already installed: the test
 #                tools go into the image's environment without moving anything the image has
+#                (installed editable: the tests run the checkout)
 #   INSTALL_MODE editable (default, for development) or package (the image: no source tree needed)
 set -euo pipefail
 
@@ -26,7 +29,12 @@ pip install --quiet --upgrade pip "setuptools<81" wheel
 case "$STACK" in
     cpu) pip install --quiet "${TORCH_SPEC:-torch==2.13.0}" ;;
     image)
-        pip install --quiet -r "$here/docker/image-pins.txt"
+        # The 4 GB of torch and CUDA wheels are kept as files: pip's HTTP cache keeps a download
+        # only when the server says it may, and a proxy in the way can strip that. `pip download`
+        # fetches only what the folder lacks; the install then reads nothing but the folder.
+        wheels=${WHEELHOUSE:-${PIP_CACHE_DIR:-$HOME/.cache/pip}/likeness-image-wheels}
+        pip download --quiet -r "$here/docker/image-pins.txt" -d "$wheels"
+        pip install --quiet --no-index --find-links "$wheels" -r "$here/docker/image-pins.txt"
         # A mirror could offer a CPU build under the same version number; the image must have CUDA's.
         want=$(sed -n 's/^# cuda: *//p' "$here/docker/image-pins.txt")
         got=$("$PYTHON" -c "import torch; print(torch.version.cuda)")
