@@ -15,6 +15,7 @@ def engine_modules() -> list[str]:
     return sorted(m.name for m in pkgutil.walk_packages(engine.__path__, "engine.") if not m.name.endswith("__main__"))
 
 
+@pytest.mark.image
 def test_no_engine_module_pulls_in_a_ui():
     code = (
         "import importlib, sys\n"

@@ -7,6 +7,7 @@ Dockerfile; the image's install script runs in a fresh venv and the result runs 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,35 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck_and_the_shared_install_s
     assert "HEALTHCHECK" in text and "/health" in text
     assert "docker/install.sh" in text
     assert "docker/install.sh" in (ROOT / "Makefile").read_text()
+
+
+def image_pins() -> dict[str, str]:
+    """docker/image-pins.txt, the one place the image's GPU stack is pinned: {package: version}."""
+    lines = (ROOT / "docker" / "image-pins.txt").read_text().splitlines()
+    return dict(line.split("==") for line in lines if line and not line.startswith("#"))
+
+
+@pytest.mark.image
+def test_the_gpu_stack_is_pinned_in_one_file_that_the_image_ci_modal_and_readme_all_follow():
+    pins = image_pins()
+    assert set(pins) == {"torch", "xformers", "bitsandbytes"}
+    # The Dockerfile and `make image-venv` (CI) install through the script, which reads the file.
+    dockerfile, makefile = (ROOT / "Dockerfile").read_text(), (ROOT / "Makefile").read_text()
+    assert "docker/image-pins.txt" in dockerfile and "STACK=image" in dockerfile
+    assert "docker/image-pins.txt" in makefile and "STACK=image" in makefile
+    assert "docker/image-pins.txt" in (ROOT / "docker" / "install.sh").read_text()
+    assert '"docker" / "image-pins.txt"' in (ROOT / "engine" / "placement" / "cloud" / "modal_app.py").read_text()
+    # No second pin anywhere: every version of these packages the README, Dockerfile or Modal image
+    # names is the pinned one (the README also names the CPU build of development, torch 2.13).
+    readme = (ROOT / "README.md").read_text()
+    texts = {"README.md": readme, "Dockerfile": dockerfile,
+             "modal_app.py": (ROOT / "engine" / "placement" / "cloud" / "modal_app.py").read_text()}
+    for name, version in pins.items():
+        assert f"{name} {version}" in readme, f"README.md does not name {name} {version}"
+        for where, text in texts.items():
+            named = set(re.findall(rf"\b{name}[ =]=?\s*(\d+\.\d+(?:\.\w+)*)", text))
+            allowed = {version} | ({"2.13.0", "2.13"} if name == "torch" and where == "README.md" else set())
+            assert named <= allowed, f"{where} names {name} {sorted(named - allowed)}, docker/image-pins.txt {version}"
 
 
 @pytest.mark.slow

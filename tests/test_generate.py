@@ -28,6 +28,7 @@ def sweep(trained_run, settings, tmp_path_factory):
     return generate(config, settings)
 
 
+@pytest.mark.image
 def test_sweep_makes_every_combination_with_sidecars_and_grids(sweep):
     assert len(sweep.images) == 8
     prompts = {item.sidecar["prompt"] for item in sweep.images}
@@ -118,6 +119,7 @@ def test_checkpoint_step_sweep_uses_each_checkpoint(trained_run, settings, tmp_p
     assert not np.array_equal(pixels(result.images[0].path), pixels(result.images[1].path))
 
 
+@pytest.mark.image
 def test_kohya_export_loads_in_diffusers_and_draws_the_same_image(trained_run, sweep, tmp_path):
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
     from safetensors.torch import load_file

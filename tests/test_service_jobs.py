@@ -33,6 +33,7 @@ def service(service_home):
     running.stop()
 
 
+@pytest.mark.image
 def test_cli_train_on_the_service_streams_progress_and_sample_grids(service, capsys):
     code = main(["train", "--server", service.url, "--data", "datasets/astronaut", "--out", "runs/cli",
                  "--base", "tiny", "--steps", "6", "--resolution", "64", "--rank", "4", "--lr", "1e-3",

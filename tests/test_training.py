@@ -16,6 +16,7 @@ from tests.conftest import tiny_train_config
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.image
 def test_a_run_leaves_lora_samples_metrics_and_a_full_record(trained_run, photos):
     from engine.prep import Manifest, is_prepared_dataset
 
@@ -78,6 +79,7 @@ def test_trained_lora_changes_the_unet(trained_run):
     assert ups and any(v.abs().max() > 0 for v in ups)
 
 
+@pytest.mark.image
 def test_resumed_run_follows_the_uninterrupted_loss_curve(tmp_path, dataset, settings, tiny_model):
     straight = tmp_path / "straight"
     train(tiny_train_config(dataset, straight, sample_every=0), settings)
@@ -103,6 +105,7 @@ def test_resumed_run_follows_the_uninterrupted_loss_curve(tmp_path, dataset, set
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.image
 def test_optimizer_state_is_8bit(tmp_path, dataset, settings, tiny_model):
     # bitsandbytes keeps tensors under 4,096 elements in 32-bit; rank 64 makes the tiny model's
     # LoRA matrices as large as that, as every SDXL-size LoRA matrix is.

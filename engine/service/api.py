@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import sys
+import threading
 import traceback
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from engine import __version__
 from engine.errors import LikenessError
 from engine.service import catalog, submission
 from engine.service.config import ServiceConfig
+from engine.service.cuda_check import no_cuda_line
 from engine.service.errors import Conflict, InvalidField, NotFound, ServiceError
 from engine.service.models import (
     FINAL_STATES,
@@ -341,6 +343,12 @@ def _error_handlers(app: FastAPI) -> None:
                                        "see the service's output"}, status_code=500)
 
 
+def _say_if_no_cuda() -> None:
+    line = no_cuda_line()
+    if line:
+        print(line, file=sys.stderr, flush=True)
+
+
 def serve(settings: Settings, config: ServiceConfig) -> None:
     """Run the service in the foreground until Ctrl-C / SIGTERM; running jobs become interrupted."""
     import socket
@@ -359,5 +367,8 @@ def serve(settings: Settings, config: ServiceConfig) -> None:
     where = f"http://{config.host}:{config.port}"
     print(f"likeness service on {where} (API docs at {where}/docs), LIKENESS_HOME={settings.home}"
           + ("; token required" if token else ""), file=sys.stderr, flush=True)
+    # Asked beside the server, not before it: the answer can take seconds, and no GPU is no reason
+    # not to serve (a crash here would loop under compose's `restart: unless-stopped`).
+    threading.Thread(target=_say_if_no_cuda, name="cuda-check", daemon=True).start()
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3)
 

@@ -16,11 +16,9 @@ from engine.placement.cloud.remote import CONTAINER_ROOT
 APP_NAME = "likeness"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-# The same CUDA build as the Docker image (Dockerfile's TORCH_SPEC / XFORMERS_SPEC): xformers wheels
-# are built for exactly one torch.
-TORCH_SPEC = "torch==2.5.1"
-XFORMERS_SPEC = "xformers==0.0.28.post3"
-TORCH_INDEX = "https://download.pytorch.org/whl/cu124"
+# The Docker image's GPU stack, from the one file that pins it: torch's CUDA 12.8 build from PyPI,
+# and the xformers and bitsandbytes built for it.
+IMAGE_PINS = PROJECT_ROOT / "docker" / "image-pins.txt"
 
 # Generous: 500 SDXL steps take ~25 min on an A10G; a retry resumes from the last checkpoint.
 TRAIN_TIMEOUT_S = 6 * 3600
@@ -32,9 +30,8 @@ app = modal.App(APP_NAME)
 
 image = (
     modal.Image.debian_slim(python_version="3.11")
-    # torch first and alone, as docker/install.sh does, so nothing later pulls another build in.
-    .pip_install(TORCH_SPEC, index_url=TORCH_INDEX)
-    .pip_install(XFORMERS_SPEC, index_url=TORCH_INDEX)
+    # The pinned GPU stack first, as docker/install.sh does, so nothing later pulls another torch in.
+    .pip_install_from_requirements(str(IMAGE_PINS))
     # The project's own dependency list (read locally when the image is built): no second list to drift.
     .pip_install_from_pyproject(str(PROJECT_ROOT / "pyproject.toml"))
     # face_recognition asks for `dlib`, which would compile for many minutes; dlib-bin (above) provides it.
