@@ -28,9 +28,13 @@ COPY docker/install.sh docker/image-pins.txt ./docker/
 # The same script and pins `make image-venv` and CI run, so the image and the tests cannot drift
 # apart. pip's cache lives in a BuildKit cache, not in a layer: a rebuild after a code change
 # reinstalls the 4 GB of torch and CUDA wheels from it instead of downloading them again.
+# The dependency list and the pins go along: "Continue on Modal" builds its image from them.
 RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m venv /opt/venv \
- && PYTHON=/opt/venv/bin/python STACK=image EXTRAS=cloud INSTALL_MODE=package docker/install.sh
+ && PYTHON=/opt/venv/bin/python STACK=image EXTRAS=cloud INSTALL_MODE=package docker/install.sh \
+ && mkdir -p /opt/venv/share/likeness/docker \
+ && cp pyproject.toml /opt/venv/share/likeness/ \
+ && cp docker/image-pins.txt /opt/venv/share/likeness/docker/
 
 FROM ${PYTHON_BASE} AS runtime
 # hadolint ignore=DL3008

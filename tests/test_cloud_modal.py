@@ -131,6 +131,19 @@ def test_app_image_and_volumes_build_without_network():
     assert modal_app.TRAIN_TIMEOUT_S > 2 * slowest.estimated_seconds
 
 
+def test_the_modal_image_is_built_from_the_projects_own_files():
+    """Modal reads these lazily, when an app runs, so a wrong path shows only at a user's first offload."""
+    from engine.placement.cloud import modal_app
+
+    root = Path(__file__).resolve().parents[1]
+    assert modal_app.PYPROJECT == root / "pyproject.toml"
+    assert modal_app.IMAGE_PINS == root / "docker" / "image-pins.txt"
+    # The Docker image has no source tree: it keeps both files where modal_app looks for them there.
+    dockerfile = (root / "Dockerfile").read_text()
+    assert "cp pyproject.toml /opt/venv/share/likeness/" in dockerfile
+    assert "cp docker/image-pins.txt /opt/venv/share/likeness/docker/" in dockerfile
+
+
 def test_choose_executor_picks_by_the_decision(tmp_path):
     local = decide(tiny_train_config(tmp_path, tmp_path), "auto", None, [])
     assert isinstance(choose_executor(local), LocalExecutor)

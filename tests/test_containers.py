@@ -103,7 +103,7 @@ def test_the_gpu_stack_is_pinned_in_one_file_that_the_image_ci_modal_and_readme_
     assert "docker/image-pins.txt" in dockerfile and "STACK=image" in dockerfile
     assert "docker/image-pins.txt" in makefile and "STACK=image" in makefile
     assert "docker/image-pins.txt" in (ROOT / "docker" / "install.sh").read_text()
-    assert '"docker" / "image-pins.txt"' in (ROOT / "engine" / "placement" / "cloud" / "modal_app.py").read_text()
+    assert '_build_file("docker/image-pins.txt")' in (ROOT / "engine" / "placement" / "cloud" / "modal_app.py").read_text()
     # No second pin anywhere: every version of these packages the README, Dockerfile or Modal image
     # names is the pinned one (the README also names the CPU build of development, torch 2.13).
     readme = (ROOT / "README.md").read_text()

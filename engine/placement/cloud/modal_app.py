@@ -7,6 +7,7 @@ this checkout; the Image's dependency layers are cached by Modal and rebuilt onl
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import modal
@@ -14,11 +15,25 @@ import modal
 from engine.placement.cloud.remote import CONTAINER_ROOT
 
 APP_NAME = "likeness"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _build_file(relative: str) -> Path:
+    """A file the Modal image is built from: the checkout's, or the copy the Docker image keeps.
+
+    In a checkout the files sit at the repository root, three folders above this one. The Docker
+    image installs likeness as a package (no source tree), so its Dockerfile copies the same two
+    files under the virtual environment's ``share/likeness``; offloading from the container needs them.
+    """
+    checkout = Path(__file__).resolve().parents[3] / relative
+    if checkout.is_file():
+        return checkout
+    return Path(sys.prefix) / "share" / "likeness" / relative
+
 
 # The Docker image's GPU stack, from the one file that pins it: torch's CUDA 12.8 build from PyPI,
 # and the xformers and bitsandbytes built for it.
-IMAGE_PINS = PROJECT_ROOT / "docker" / "image-pins.txt"
+IMAGE_PINS = _build_file("docker/image-pins.txt")
+PYPROJECT = _build_file("pyproject.toml")
 
 # Generous: 500 SDXL steps take ~25 min on an A10G; a retry resumes from the last checkpoint.
 TRAIN_TIMEOUT_S = 6 * 3600
@@ -33,7 +48,7 @@ image = (
     # The pinned GPU stack first, as docker/install.sh does, so nothing later pulls another torch in.
     .pip_install_from_requirements(str(IMAGE_PINS))
     # The project's own dependency list (read locally when the image is built): no second list to drift.
-    .pip_install_from_pyproject(str(PROJECT_ROOT / "pyproject.toml"))
+    .pip_install_from_pyproject(str(PYPROJECT))
     # face_recognition asks for `dlib`, which would compile for many minutes; dlib-bin (above) provides it.
     .pip_install("face-recognition==1.3.0", extra_options="--no-deps")
     .env({"HF_HOME": f"{CONTAINER_ROOT}/cache/huggingface", "LIKENESS_HOME": f"{CONTAINER_ROOT}/cache/likeness"})
