@@ -35,12 +35,13 @@ class Service:
     """`python -m engine serve` for one LIKENESS_HOME; start, kill -9, restart."""
 
     def __init__(self, home: Path, token: str | None = None, env: dict[str, str] | None = None,
-                 memory_limit: int | None = None):
+                 memory_limit: int | None = None, open_files: int | None = None):
         self.home = home
         self.token = token
         # An address-space cap the service's workers inherit: a real out-of-memory on a machine
         # without a GPU (torch's CPU allocator fails as CUDA's would on a small card).
         self.memory_limit = memory_limit
+        self.open_files = open_files  # RLIMIT_NOFILE, soft and hard: a small machine's, for slow-client tests
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "LIKENESS_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})}
@@ -53,14 +54,17 @@ class Service:
 
     def start(self) -> Service:
         log = (self.home / "service.log").open("ab")
-        limit = self.memory_limit
+        limit, files = self.memory_limit, self.open_files
 
-        def cap_memory() -> None:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        def cap() -> None:
+            if limit:
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            if files:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
 
         self.process = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(self.port)],
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        preexec_fn=cap_memory if limit else None)
+                                        preexec_fn=cap if limit or files else None)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

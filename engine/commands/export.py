@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
 
     record = RunDir(args.run_dir).read_run() if args.run_dir.is_dir() else None
     if record is None:
-        raise LikenessError(f"{args.run_dir} is not a likeness run directory (no run.json)")
+        damage = RunDir(args.run_dir).run_damage() if args.run_dir.is_dir() else None
+        raise LikenessError(f"{args.run_dir} is not a likeness run directory "
+                            f"({f'damaged: {damage}' if damage else 'no run.json'})")
     lora = _lora_source(args.run_dir).file_for(args.run_dir, args.step)
     # Named after the run, as generate's <lora:NAME:…> tags and "Lora hashes" name it.
     name = lora_name(args.run_dir, args.step)

@@ -65,6 +65,9 @@ def list_jobs(args: argparse.Namespace) -> int:
         on = f"{job.get('where', 'auto')}{gpu}" if job["kind"] == "train" else ""
         print(f"{job['id']:>5}  {job['kind']:<8}  {job['state']:<11}  {done:<12}  {job.get('run_dir') or '':<28}  "
               f"{on:<16}  {job['created_at'][:19].replace('T', ' ')}")
+        note = job.get("stalled") or job.get("waiting")
+        if note:  # why nothing moves: a stopped worker, or the job it queues behind
+            print(f"{'':>5}  {note}")
     return 0
 
 

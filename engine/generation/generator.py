@@ -129,6 +129,8 @@ class _LoraSource:
         """The run's recommended step where its checkpoint is there (else None: the final LoRA), and
         the line that says which was taken."""
         recommendation = (self.run or {}).get("recommendation") or {}
+        if not isinstance(recommendation, dict):  # a hand-edited run.json: no recommendation to follow
+            return None, None
         step = recommendation.get("step")
         if self.run_dir is None or step is None:
             return None, None
@@ -145,7 +147,8 @@ def _lora_source(lora: Path | None) -> _LoraSource:
     if lora.is_dir():
         run = RunDir(lora).read_run()
         if run is None and not (lora / LORA_FILENAME).is_file():
-            raise LikenessError(f"--lora {lora} is not a run or a LoRA file")
+            damage = RunDir(lora).run_damage()
+            raise LikenessError(f"--lora {lora} is not a run or a LoRA file" + (f" ({damage})" if damage else ""))
         return _LoraSource(run, lora)
     if lora.is_file():
         if lora.suffix.lower() != ".safetensors":

@@ -60,6 +60,10 @@ def decode_photo(data: bytes, *, max_pixels: int, min_long_side: int | None = No
     Any failure is a `SourceRejected` carrying the manifest's reason.
     """
     _register_heif()
+    # Pillow's own bomb limit (89.5 MP by default, warning at 1x and error at 2x) would refuse photos
+    # under our max_pixels; ours is the limit, checked below from the header. Pillow warns from it on,
+    # and that warning is made an error: a frame or layer larger than the header said stays bounded.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

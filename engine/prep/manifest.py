@@ -20,6 +20,7 @@ class Reason(StrEnum):
     """Why a photo was rejected; the value is what the manifest and the summary show."""
 
     UNREADABLE = "unreadable"
+    NOT_A_FILE = "not a regular file"
     EMPTY = "empty file"
     FILE_TOO_LARGE = "file too large"
     NOT_AN_IMAGE = "not an image"

@@ -7,6 +7,7 @@ again, cached too); write the dataset into a temp folder and rename it into plac
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import shutil
@@ -14,7 +15,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,11 @@ def _pool(workers: int) -> Iterator[Executor | None]:
         yield pool
         ok = True
     finally:
+        if not ok:
+            # Cancelled or failed: a worker still busy with one file must not keep this process
+            # (and the job) alive after it; the pool has no public way to end its workers.
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
         pool.shutdown(wait=ok, cancel_futures=True)
 
 
@@ -176,12 +182,27 @@ def _map(
             if on_progress:
                 on_progress(PrepProgress(stage, i + 1, len(calls)))
         return results
-    futures = {pool.submit(function, *call): i for i, call in enumerate(calls)}
-    for done, future in enumerate(as_completed(futures), start=1):
-        error = future.exception()
-        results[futures[future]] = error if error is not None else future.result()
-        if on_progress:
-            on_progress(PrepProgress(stage, done, len(calls)))
+    # A window of calls in flight, not all of them at once: 20,000 files must not mean 20,000 pickled
+    # calls and futures held together. A few per worker keeps every worker busy.
+    window = 4 * max(1, getattr(pool, "_max_workers", 1))
+    pending = iter(enumerate(calls))
+    futures: dict[Future, int] = {}
+    done = 0
+
+    def submit_more() -> None:
+        for i, call in itertools.islice(pending, window - len(futures)):
+            futures[pool.submit(function, *call)] = i
+
+    submit_more()
+    while futures:
+        finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+        for future in finished:
+            error = future.exception()
+            results[futures.pop(future)] = error if error is not None else future.result()
+            done += 1
+            if on_progress:
+                on_progress(PrepProgress(stage, done, len(calls)))
+        submit_more()
     return results
 
 
@@ -355,6 +376,9 @@ def _write_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.prep-", dir=out.parent))
     try:
+        # mkdtemp makes its folder 0700; renamed into place, the dataset would keep that. It gets the
+        # mode any folder made here gets (0755 under the usual umask), like the images in it.
+        temp.chmod(0o777 & ~_umask())
         images = temp / "images"
         images.mkdir()
         digits = max(4, len(str(len(crops))))
@@ -381,6 +405,19 @@ def _write_dataset(
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it too, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _move_into_place(temp: Path, out: Path) -> None:

@@ -1,4 +1,9 @@
-"""DATASET/report.png: accepted crops first, then every rejected photo labelled with its reason."""
+"""DATASET/report.png: accepted crops first, then the rejected photos labelled with their reasons.
+
+Each section shows at most MAX_TILES tiles and says how many more there are: a folder of 20,000
+files must not make a 660-megapixel sheet nobody (Pillow included) can open. manifest.json lists
+every file either way.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ LABEL = 32
 GAP = 6
 HEADING = 30
 COLUMNS = 10
+MAX_TILES = 200  # per section: 20 rows, a sheet of at most about 1666 x 8000 px
+MORE = 24  # the "and N more" line under a section that was cut
 BACKGROUND = (32, 32, 32)
 ACCEPTED_COLOUR = (120, 220, 120)
 REJECTED_COLOUR = (240, 120, 110)
@@ -26,19 +33,20 @@ class SheetTile:
 
 
 def contact_sheet(accepted: list[SheetTile], rejected: list[SheetTile]) -> Image.Image:
-    """Two titled grids of thumbnails, one above the other."""
+    """Two titled grids of thumbnails, one above the other, each cut at MAX_TILES."""
     font = _font(12)
     heading_font = _font(18)
-    sections = [(f"Accepted ({len(accepted)})", accepted, ACCEPTED_COLOUR)]
+    sections = [(f"Accepted ({len(accepted)})", accepted[:MAX_TILES], ACCEPTED_COLOUR, len(accepted))]
     if rejected:
-        sections.append((f"Rejected ({len(rejected)})", rejected, REJECTED_COLOUR))
+        sections.append((f"Rejected ({len(rejected)})", rejected[:MAX_TILES], REJECTED_COLOUR, len(rejected)))
     cell_h = TILE + LABEL + GAP
     width = COLUMNS * (TILE + GAP) + GAP
-    height = sum(HEADING + max(1, -(-len(tiles) // COLUMNS)) * cell_h for _, tiles, _ in sections) + GAP
+    height = sum(HEADING + max(1, -(-len(tiles) // COLUMNS)) * cell_h + (MORE if total > len(tiles) else 0)
+                 for _, tiles, _, total in sections) + GAP
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     y = GAP
-    for title, tiles, colour in sections:
+    for title, tiles, colour, total in sections:
         draw.text((GAP, y + 4), title, fill=colour, font=heading_font)
         y += HEADING
         for i, tile in enumerate(tiles):
@@ -48,6 +56,10 @@ def contact_sheet(accepted: list[SheetTile], rejected: list[SheetTile]) -> Image
             for line_no, line in enumerate(tile.label.splitlines()[:2]):
                 draw.text((x, top + TILE + 2 + 14 * line_no), _fit(draw, line, font), fill=colour, font=font)
         y += max(1, -(-len(tiles) // COLUMNS)) * cell_h
+        if total > len(tiles):
+            draw.text((GAP, y + 2), f"... and {total - len(tiles):,} more: manifest.json lists every file",
+                      fill=colour, font=heading_font)
+            y += MORE
     return sheet
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -18,6 +19,11 @@ SIDECAR_SUFFIXES = frozenset(".json .aae .xmp .thm .ini .db".split())
 
 # A photo bigger than this is not a photo; refuse before reading it into memory.
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# Photos (JPEG, HEIC, PNG) are compressed already: a zip of them expands to about its own size. One
+# that says it expands to many times that, and to more than a few hundred MB, is a zip bomb, refused
+# from its directory before a member is inflated.
+MAX_ZIP_RATIO = 20
+ZIP_SMALL_ENOUGH = 512 * 1024 * 1024
 
 
 class SourceRejected(Exception):
@@ -79,6 +85,9 @@ def _find_in_zip(archive: Path) -> tuple[list[PhotoSource], int]:
             infos = zf.infolist()
     except (OSError, zipfile.BadZipFile) as error:
         raise LikenessError(f"cannot read {archive}: {error}") from error
+    problem = zip_expansion_problem(archive, infos)
+    if problem:
+        raise LikenessError(problem)
     for info in sorted(infos, key=lambda i: i.filename):
         if info.is_dir():
             continue
@@ -87,6 +96,49 @@ def _find_in_zip(archive: Path) -> tuple[list[PhotoSource], int]:
             continue
         sources.append(PhotoSource(name=info.filename, archive=archive))
     return sources, skipped
+
+
+def zip_expansion_problem(archive: Path, infos: list[zipfile.ZipInfo] | None = None) -> str | None:
+    """Why the zip `archive` expands to too much to be a zip of photos (one line), or None.
+
+    The total of every member, not each member alone: a bomb of many members each under the
+    per-file limit would otherwise cost minutes of CPU to inflate and reject one by one."""
+    if infos is None:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+    expanded = sum(max(0, info.file_size) for info in infos)
+    packed = max(1, archive.stat().st_size)
+    if expanded > ZIP_SMALL_ENOUGH and expanded > MAX_ZIP_RATIO * packed:
+        return (f"{archive.name} would expand from {packed / 2**20:.1f} MB to {expanded / 2**20:,.0f} MB: "
+                f"photos do not compress like that (a zip bomb?); unpack it yourself if it is real")
+    return None
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file (through symlinks). A FIFO, a device (a link to /dev/zero) or a
+    socket is refused before a byte is read: reading one blocks for good or never ends.
+
+    Opened non-blocking, then checked on the open descriptor: a file swapped for a FIFO between a
+    check and the open cannot make the read wait."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SourceRejected(Reason.NOT_A_FILE, _file_kind(info.st_mode))
+        if info.st_size > MAX_FILE_BYTES:
+            raise SourceRejected(Reason.FILE_TOO_LARGE, f"{info.st_size} bytes")
+        data = handle.read(MAX_FILE_BYTES + 1)  # a file that grew since the check is still bounded
+    if len(data) > MAX_FILE_BYTES:
+        raise SourceRejected(Reason.FILE_TOO_LARGE, f"over {MAX_FILE_BYTES} bytes")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return f"{kind}, not a regular file"
+    return "not a regular file"
 
 
 def read_source(source: PhotoSource) -> bytes:
@@ -100,10 +152,7 @@ def read_source(source: PhotoSource) -> bytes:
                 data = zf.read(info)
         else:
             assert source.path is not None
-            size = source.path.stat().st_size
-            if size > MAX_FILE_BYTES:
-                raise SourceRejected(Reason.FILE_TOO_LARGE, f"{size} bytes")
-            data = source.path.read_bytes()
+            data = _read_regular_file(source.path)
     except SourceRejected:
         raise
     except (OSError, RuntimeError, KeyError, zipfile.BadZipFile, NotImplementedError) as error:

@@ -24,8 +24,10 @@ from engine import __version__
 from engine.errors import LikenessError
 from engine.service import catalog, submission
 from engine.service.config import ServiceConfig
+from engine.service.connections import connection_limits, guarded_protocol, log_resource_errors_once
 from engine.service.cuda_check import no_cuda_line
 from engine.service.errors import Conflict, InvalidField, NotFound, ServiceError
+from engine.service.head import HeadAsGet
 from engine.service.models import (
     FINAL_STATES,
     NAME_PATTERN,
@@ -44,6 +46,7 @@ from engine.service.models import (
 from engine.service.runner import JobRunner
 from engine.service.security import BodyTooLarge, Guard
 from engine.service.sqlite_queue import DB_FILENAME, SqliteJobQueue
+from engine.service.stalls import with_notes
 from engine.service.system import system_info
 from engine.settings import Settings
 
@@ -74,6 +77,7 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        log_resource_errors_once(asyncio.get_running_loop())
         runner.start()
         try:
             yield
@@ -84,6 +88,7 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
                   description="DreamBooth + LoRA training of SDXL as a job service: jobs, their events (SSE), "
                               "datasets and runs. Paths in configs are relative to LIKENESS_HOME and stay inside it.")
     app.add_middleware(Guard, token=token, upload_limit=config.max_upload_bytes)
+    app.add_middleware(HeadAsGet)  # outermost: a HEAD is a GET for every check after it
     _error_handlers(app)
 
     # -- system --------------------------------------------------------------------------
@@ -111,12 +116,13 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
 
     @app.get("/jobs", tags=["jobs"])
     def list_jobs(state: JobState | None = None, kind: JobKind | None = None) -> list[Job]:
-        """Jobs, newest first."""
-        return queue.list(state=state, kind=kind)
+        """Jobs, newest first; a running job making no progress says so in `stalled`, a queued one
+        what it waits for in `waiting`."""
+        return with_notes(queue.list(state=state, kind=kind), queue)
 
     @app.get("/jobs/{job_id}", tags=["jobs"])
     def get_job(job_id: JobId) -> Job:
-        return queue.get(job_id)
+        return with_notes([queue.get(job_id)], queue)[0]
 
     @app.post("/jobs/{job_id}/cancel", tags=["jobs"])
     def cancel_job(job_id: JobId) -> Job:
@@ -333,7 +339,8 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(_request: Request, error: BodyTooLarge) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=413)
+        # error.detail, not str(error): an HTTPException's str repeats the status ("413: ...").
+        return JSONResponse({"detail": error.detail}, status_code=413)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
@@ -370,5 +377,9 @@ def serve(settings: Settings, config: ServiceConfig) -> None:
     # Asked beside the server, not before it: the answer can take seconds, and no GPU is no reason
     # not to serve (a crash here would loop under compose's `restart: unless-stopped`).
     threading.Thread(target=_say_if_no_cuda, name="cuda-check", daemon=True).start()
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3)
+    # h11 with a deadline on headers and a cap on open connections (engine.service.connections): slow
+    # clients cannot starve the service or fill its log.
+    limits = connection_limits(config.header_timeout_s)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3,
+                http=guarded_protocol(limits), timeout_keep_alive=5)
 

@@ -11,16 +11,17 @@ a symlink to somewhere outside LIKENESS_HOME is no dataset or run.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
+from pydantic import ValidationError
+
+from engine.damaged import DamagedFile, read_json_object
 from engine.models.lora_files import LORA_FILENAME
-from engine.service.errors import NotFound, PathRefused
-from engine.service.models import NAME_PATTERN, DatasetSummary, RunSummary
+from engine.service.errors import Damaged, NotFound, PathRefused
+from engine.service.models import DatasetSummary, RunSummary, name_problem
 from engine.service.security import contained
 from engine.training.run_dir import RunDir
 
@@ -28,11 +29,12 @@ DATASETS = "datasets"
 RUNS = "runs"
 UPLOADS = "uploads"
 LOGS = "logs"
+Summary = TypeVar("Summary", DatasetSummary, RunSummary)
 
 
 def check_name(name: str, what: str) -> str:
     """A dataset or run name: one plain path segment, never '..', never hidden."""
-    if not re.fullmatch(NAME_PATTERN, name) or ".." in name:
+    if name_problem(name):
         raise NotFound(f"no {what} named {name!r}")
     return name
 
@@ -97,42 +99,78 @@ def _file_in(root: Path, path: str) -> Path:
 
 
 def list_datasets(home: Path) -> list[DatasetSummary]:
+    """Every dataset; one whose manifest.json is damaged is listed with `damaged` saying why."""
     found = []
     for folder in sorted((home / DATASETS).glob("*/manifest.json")):
         root = folder.parent
         if not _inside_home(home, folder):
             continue  # a link to a dataset outside the home: not ours to show
-        try:
-            manifest = json.loads(folder.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # a dataset being written or damaged: not listed rather than a failed list
         report = root / "report.png"
-        found.append(DatasetSummary(
-            name=root.name, photos=str(manifest.get("photos", "")), size=int(manifest.get("size", 0)),
-            accepted=int(manifest.get("accepted", 0)), rejected=manifest.get("rejected", {}),
-            instance_prompt=str(manifest.get("instance_prompt", "")),
-            manifest_url=f"/datasets/{quote(root.name)}/manifest",
-            report_url=f"/datasets/{quote(root.name)}/report" if report.is_file() else None))
+        values: dict[str, Any] = {
+            "name": root.name, "manifest_url": f"/datasets/{quote(root.name)}/manifest",
+            "report_url": f"/datasets/{quote(root.name)}/report" if report.is_file() else None}
+        try:
+            manifest = read_json_object(folder)
+        except FileNotFoundError:
+            continue  # removed while listing
+        except (OSError, DamagedFile) as error:
+            found.append(DatasetSummary(**values, damaged=_why(error)))
+            continue
+        fields = {"photos": manifest.get("photos", ""), "size": manifest.get("size", 0),
+                  "accepted": manifest.get("accepted", 0), "rejected": manifest.get("rejected", {}),
+                  "instance_prompt": manifest.get("instance_prompt", "")}
+        found.append(_summary(DatasetSummary, values, fields, "manifest.json"))
     return found
 
 
 def dataset_manifest(home: Path, name: str) -> dict[str, Any]:
-    return json.loads((dataset_dir(home, name) / "manifest.json").read_text())
+    try:
+        return read_json_object(dataset_dir(home, name) / "manifest.json")
+    except (OSError, DamagedFile) as error:
+        raise Damaged(f"dataset {name!r} is damaged: {_why(error)}") from None
+
+
+def _why(error: Exception) -> str:
+    return str(error) if isinstance(error, DamagedFile) else f"cannot be read: {getattr(error, 'strerror', None) or error}"
+
+
+def _summary(model: type[Summary], values: dict[str, Any], fields: dict[str, Any], source: str) -> Summary:
+    """`model` from `fields` as a file gave them: a field of the wrong type (steps: "many") is left
+    empty and named in `damaged`, so the rest of the summary still shows."""
+    try:
+        return model(**values, **fields)
+    except ValidationError as error:
+        bad = sorted({str(problem["loc"][0]) for problem in error.errors() if problem.get("loc")})
+        kept = {key: value for key, value in fields.items() if key not in bad}
+        defaults = {key: model.model_fields[key].get_default(call_default_factory=True) for key in bad
+                    if key in model.model_fields}
+        reason = f"{source}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not of the right type"
+        return model(**values, **kept, **defaults, damaged=reason)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def run_summary(home: Path, folder: Path) -> RunSummary:
-    record = RunDir(folder).read_run() or {}
-    config = record.get("config", {})
+    run = RunDir(folder)
+    record = run.read_run() or {}
+    damage = run.run_damage()
+    config = _object(record.get("config"))
     base = record.get("base")
-    samples = sorted((folder / "samples").glob("step-*.png"))
-    best = record.get("best_likeness") or {}
-    recommendation = record.get("recommendation") or {}
-    return RunSummary(
-        name=folder.name, status=record.get("status"),
-        base=base.get("spec") if isinstance(base, dict) else base,
+    samples = run.sample_grids()
+    best = _object(record.get("best_likeness"))
+    recommendation = _object(record.get("recommendation"))
+    values = {"name": folder.name,
+              "lora_url": f"/runs/{quote(folder.name)}/lora" if (folder / LORA_FILENAME).is_file() else None,
+              "latest_sample_url": file_url(home, samples[-1][1]) if samples else None}
+    dataset = record.get("dataset")
+    fields = dict(
+        status=record.get("status"), base=base.get("spec") if isinstance(base, dict) else base,
         steps=record.get("steps"), steps_done=record.get("steps_done"),
         lora_rank=record.get("lora_rank"), lora_alpha=record.get("lora_alpha"),
-        lr=config.get("lr"), resolution=config.get("resolution"), dataset=_dataset_name(home, record.get("dataset")),
+        lr=config.get("lr"), resolution=config.get("resolution"),
+        dataset=_dataset_name(home, dataset) if isinstance(dataset, str) else dataset,
         batch_size=config.get("batch_size"),
         seed=record.get("seed"), token=config.get("token"), class_word=config.get("class_word"),
         num_images=record.get("num_images"), final_loss=record.get("final_loss"),
@@ -144,10 +182,13 @@ def run_summary(home: Path, folder: Path) -> RunSummary:
         peak_memory_mb=record.get("peak_memory_mb"), device=record.get("device"),
         gpu_name=record.get("gpu_name"), precision=record.get("precision"),
         where=record.get("where"), cost_usd=record.get("cost_usd"),
-        started_at=record.get("started_at"), finished_at=record.get("finished_at"),
-        lora_url=f"/runs/{quote(folder.name)}/lora" if (folder / LORA_FILENAME).is_file() else None,
-        latest_sample_url=file_url(home, samples[-1]) if samples else None,
-    )
+        started_at=record.get("started_at"), finished_at=record.get("finished_at"))
+    if damage:
+        return RunSummary(**values, damaged=damage)
+    summary = _summary(RunSummary, values, fields, "run.json")
+    if summary.damaged is None and "config" in record and not isinstance(record["config"], dict):
+        summary.damaged = "run.json: config is not an object"
+    return summary
 
 
 def _dataset_name(home: Path, dataset: str | None) -> str | None:
@@ -156,26 +197,29 @@ def _dataset_name(home: Path, dataset: str | None) -> str | None:
 
 
 def list_runs(home: Path) -> list[RunSummary]:
+    """Every run; one whose run.json is damaged is listed with `damaged` saying why."""
     return [run_summary(home, path.parent) for path in sorted((home / RUNS).glob("*/run.json"))
             if _inside_home(home, path)]
 
 
 def run_detail(home: Path, name: str) -> dict[str, Any]:
-    """The run's summary, its whole run.json, and its sample grids, checkpoints and generations."""
+    """The run's summary, its whole run.json, and its sample grids, checkpoints and generations.
+
+    A damaged sample score file shows as a grid without scores; a damaged run.json as `run: null`
+    with the summary's `damaged` saying why."""
     folder = run_dir(home, name)
     run = RunDir(folder)
     samples = []
-    for grid in sorted(run.samples.glob("step-*.png")):
-        scores = grid.with_suffix(".json")
+    for step, grid in run.sample_grids():
         measures: dict[str, Any] = {}
-        if scores.is_file():
-            try:
-                measures = json.loads(scores.read_text())
-            except (OSError, json.JSONDecodeError):
-                measures = {}
-        samples.append({"step": int(grid.stem.removeprefix("step-")), "url": file_url(home, grid),
-                        "identity_score": measures.get("identity_score_mean"), "likeness": measures.get("likeness"),
-                        "memorisation": measures.get("memorisation"), "variety": measures.get("variety")})
+        try:
+            measures = read_json_object(grid.with_suffix(".json"))
+        except (OSError, DamagedFile):
+            measures = {}
+        samples.append({"step": step, "url": file_url(home, grid),
+                        **{key: measures.get(field) if isinstance(measures.get(field), (int, float)) else None
+                           for key, field in (("identity_score", "identity_score_mean"), ("likeness", "likeness"),
+                                              ("memorisation", "memorisation"), ("variety", "variety"))}})
     generations = []
     for folder_ in sorted((folder / "generations").glob("*/")):
         if not _inside_home(home, folder_):

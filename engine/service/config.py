@@ -48,6 +48,11 @@ class ServiceConfig(BaseSettings):
         description="A cancelled job that has not stopped at a step boundary after this long is killed "
         "(model loading has no step boundaries).",
     )
+    header_timeout_s: float = Field(
+        default=10, gt=0,
+        description="Seconds a client has to send a request's headers; a slower one is disconnected, so slow "
+        "clients cannot hold every connection.",
+    )
 
     @property
     def photo_root_paths(self) -> tuple[Path, ...]:

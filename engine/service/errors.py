@@ -23,6 +23,14 @@ class Conflict(ServiceError):
     status = 409
 
 
+class Damaged(ServiceError):
+    """A dataset's or run's file that is there but cannot be read (not UTF-8, not JSON, the wrong shape).
+
+    409: the request was fine, the folder's state is not; the reason names the file and why."""
+
+    status = 409
+
+
 class PathRefused(ServiceError):
     """A path that would lead outside LIKENESS_HOME (or outside the dataset or run asked for)."""
 

@@ -6,9 +6,10 @@ A job's `config` is the very typed config the CLI builds (`TrainConfig`, `Genera
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.errors import LikenessError
 from engine.generation.generator import GenerateConfig
@@ -41,6 +42,15 @@ EventType = Literal[
 ]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+NAME_RULE = "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'"
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a dataset or run name, or None. The one rule for submit and for reads:
+    a name accepted when a job is queued is a name its folder can be read back by."""
+    if not re.fullmatch(NAME_PATTERN, name) or ".." in name:
+        return f"{name[:120]!r} is not a valid name ({NAME_RULE})"
+    return None
 
 
 class JobProgress(BaseModel):
@@ -76,6 +86,10 @@ class Job(BaseModel):
     progress: JobProgress | None = None
     result: dict[str, Any] | None = Field(default=None, description="What a finished job made (LoRA, images, report).")
     last_event_id: int = Field(default=0, description="Id of the job's newest event.")
+    stalled: str | None = Field(default=None, description="Running jobs: 'no progress for N s' and why (its worker "
+                                                          "stopped, or silent for long); None while it progresses.")
+    waiting: str | None = Field(default=None, description="Queued jobs: which running job it waits for, and whether "
+                                                          "that one makes progress.")
 
 
 class JobEvent(BaseModel):
@@ -153,16 +167,30 @@ class DatasetRequest(BaseModel):
     photos: str = Field(min_length=1, description="Folder or .zip of photos, inside LIKENESS_HOME (relative to it).")
     options: dict[str, Any] = Field(default_factory=dict, description="Any other PrepConfig fields (size, framing...).")
 
+    @field_validator("name")
+    @classmethod
+    def _one_name_rule(cls, name: str) -> str:
+        problem = name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
+
+def _damaged():
+    return Field(default=None, description="Why a file of this folder cannot be read (the rest is listed as far as "
+                                           "it could be read); None when nothing is damaged.")
+
 
 class DatasetSummary(BaseModel):
     name: str
-    photos: str = Field(description="Where the photos came from.")
-    size: int = Field(description="Side of the training images in pixels.")
-    accepted: int
-    rejected: dict[str, int]
-    instance_prompt: str
+    photos: str = Field(default="", description="Where the photos came from.")
+    size: int = Field(default=0, description="Side of the training images in pixels.")
+    accepted: int = 0
+    rejected: dict[str, int] = Field(default_factory=dict)
+    instance_prompt: str = ""
     manifest_url: str
     report_url: str | None
+    damaged: str | None = _damaged()
 
 
 class RunSummary(BaseModel):
@@ -202,6 +230,7 @@ class RunSummary(BaseModel):
     finished_at: str | None = None
     lora_url: str | None = Field(default=None, description="Download of the final LoRA, once there is one.")
     latest_sample_url: str | None = None
+    damaged: str | None = _damaged()
 
 
 class SystemInfo(BaseModel):

@@ -124,7 +124,7 @@ class JobRunner:
             try:
                 worker.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                worker.process.kill()
+                _kill_group(worker.process)
                 worker.process.wait()
         self._reap()
         try:
@@ -204,6 +204,9 @@ class JobRunner:
             code = worker.process.poll()
             if code is None:
                 continue
+            # Whatever the worker started (prep's pool workers, multiprocessing's resource tracker)
+            # ends with it: they are in its process group, which outlives it while any of them does.
+            _kill_group(worker.process)
             # A worker records its own ending; one that died without a word (killed, out of memory,
             # a crash in native code) is ended here.
             out_of_memory = False
@@ -249,7 +252,17 @@ class JobRunner:
             worker.cancel_seen_at = worker.cancel_seen_at or now
             if now - worker.cancel_seen_at > self.cancel_grace_s:
                 worker.killed_for_cancel = True
-                worker.process.kill()
+                _kill_group(worker.process)
+
+
+def _kill_group(process: subprocess.Popen | _NoProcess) -> None:
+    """SIGKILL the worker's whole process group (its own session: its pid is the group's id)."""
+    if process.pid is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
 
 
 class _NoProcess:

@@ -24,7 +24,7 @@ from engine.prep.config import PrepConfig
 from engine.service import storage
 from engine.service.catalog import DATASETS, RUNS, UPLOADS, check_name, relative
 from engine.service.errors import Conflict, InvalidField, StorageError, TooLarge
-from engine.service.models import Job, JobKind
+from engine.service.models import Job, JobKind, name_problem
 from engine.service.queue import JobQueue
 from engine.service.security import path_problem
 from engine.training.config import TrainConfig
@@ -50,9 +50,11 @@ def _inside(home: Path, value: Path, field: str) -> Path:
 def _named_folder(home: Path, value: Path, field: str, parent: str) -> Path:
     """A path that must be exactly HOME/parent/NAME."""
     target = _inside(home, value, field)
-    if target.parent != Path(os.path.realpath(home)) / parent or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*",
-                                                                                  target.name):
+    if target.parent != Path(os.path.realpath(home)) / parent:
         raise InvalidField(field, f"must be {parent}/NAME (a plain name), got {value}")
+    problem = name_problem(target.name)
+    if problem:  # the rule the listing and GET /runs/NAME read by: what is queued can be read back
+        raise InvalidField(field, f"{parent}/NAME: {problem}")
     return target
 
 
@@ -263,10 +265,16 @@ def _prep_config(photos: Path, name: str, options: dict[str, Any]) -> PrepConfig
         raise InvalidField(f"options.{field}", first["msg"].removeprefix("Value error, ")) from None
 
 
+def _dataset_name(name: str) -> None:
+    problem = name_problem(name)
+    if problem:
+        raise InvalidField("name", problem)
+
+
 def accept_dataset(name: str, photos: Path, options: dict[str, Any], home: Path, queue: JobQueue,
                    photo_roots: tuple[Path, ...] = ()) -> Job:
     """Queue prep of `photos` (inside LIKENESS_HOME or a photo root) into datasets/NAME."""
-    check_name(name, "dataset")
+    _dataset_name(name)
     return accept("prep", _prep_config(photos, name, options), home, queue, photo_roots)
 
 
@@ -275,11 +283,13 @@ def accept_upload(name: str, files: list[tuple[str | None, BinaryIO]], options: 
     """Store uploaded photos in uploads/NAME, then queue their prep into datasets/NAME."""
     import json
 
-    check_name(name, "dataset")
+    _dataset_name(name)
     try:
         values = json.loads(options) if options else {}
     except json.JSONDecodeError as error:
         raise InvalidField("options", f"not JSON: {error.msg}") from None
+    except RecursionError:  # Python's parser recurses per level: a 100,000-deep value is no PrepConfig
+        raise InvalidField("options", "nested too deeply to be PrepConfig fields") from None
     if not isinstance(values, dict):
         raise InvalidField("options", "must be a JSON object of PrepConfig fields")
     config = _prep_config(Path(UPLOADS) / name, name, values)

@@ -2,6 +2,11 @@
 
 A checkpoint is written into a temporary folder and renamed into place, and only a folder with
 ``state.json`` counts, so a crash mid-save never leaves a checkpoint that looks whole.
+
+A checkpoint can still be damaged later (a disk error, a sync tool, a hand edit): a resume reads
+every file of the newest one before anything is restored, and falls back to the newest checkpoint
+that reads, saying which it skipped and why. Files are read with ``torch.load(weights_only=True)``,
+which unpickles tensors and plain values only: a checkpoint folder is data, never code to run.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import random
 import shutil
 from pathlib import Path
 
+from engine.errors import LikenessError
 from engine.models.lora_files import (
     LORA_FILENAME,
     TRAINING_STATE_FILENAME,
@@ -52,7 +58,10 @@ def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_schedule
     save_training_state(staging, models)
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), staging / "scheduler.pt")
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # NumPy's state as a tensor and plain values, not an ndarray: weights_only loading takes no NumPy objects.
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    rng = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position,
+                                                  has_gauss, cached), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, staging / "rng.pt")
@@ -66,27 +75,124 @@ def save_checkpoint(run: RunDir, step: int, models: dict, optimizer, lr_schedule
     return target
 
 
+class DamagedCheckpoint(LikenessError):
+    """A checkpoint with a file missing or unreadable; the message names the file and why, in one line."""
+
+
 def checkpoint_state(path: Path) -> dict:
     """A checkpoint's state.json: its step, the config, and the savers it was trained with."""
-    return json.loads((path / "state.json").read_text())
+    try:
+        state = json.loads((path / "state.json").read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8 or not JSON
+        raise DamagedCheckpoint(f"state.json is damaged ({_short(error)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise DamagedCheckpoint("state.json has no step")
+    if not isinstance(state.get("memory_plan", {}), dict):
+        raise DamagedCheckpoint("state.json's memory_plan is not an object")
+    return state
 
 
-def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler) -> int:
-    """Restore training state from ``path``; return the step it was saved at."""
+def read_checkpoint(path: Path) -> dict:
+    """Every file of a checkpoint, read and checked, before anything is restored from it; DamagedCheckpoint if not."""
+    state = checkpoint_state(path)
+    files = {name: _load(path / name) for name in ("optimizer.pt", "scheduler.pt", "rng.pt")}
+    rng = files["rng.pt"]
+    if not isinstance(rng, dict) or not {"python", "numpy", "torch"} <= set(rng):
+        raise DamagedCheckpoint("rng.pt does not hold the random states")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if not isinstance(files[name], dict):
+            raise DamagedCheckpoint(f"{name} does not hold a state")
+    weights = path / TRAINING_STATE_FILENAME
+    if not weights.is_file() and not (path / LORA_FILENAME).is_file():
+        raise DamagedCheckpoint(f"it has neither {TRAINING_STATE_FILENAME} nor {LORA_FILENAME}")
+    return {"step": state["step"], "state": state, **files}
+
+
+def _load(file: Path):
+    import pickle
+
+    import torch
+
+    if not file.is_file():
+        raise DamagedCheckpoint(f"{file.name} is missing")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "numpy" in str(error):  # a checkpoint from before the NumPy state was saved as a tensor
+            return _load_with_numpy_state(file)
+        raise DamagedCheckpoint(f"{file.name} is damaged ({_short(error)})") from None
+    except Exception as error:  # noqa: BLE001 - torch raises anything from RuntimeError to EOFError on junk
+        raise DamagedCheckpoint(f"{file.name} is damaged ({_short(error)})") from None
+
+
+def _load_with_numpy_state(file: Path):
+    """Older rng.pt files hold NumPy's state as an ndarray: allow exactly the NumPy types that takes."""
     import numpy as np
     import torch
 
-    if (path / TRAINING_STATE_FILENAME).is_file():
-        load_training_state(path / TRAINING_STATE_FILENAME, models)
-    else:  # a checkpoint from before likeness kept the training state
-        load_lora_into_training_models(path / LORA_FILENAME, models["unet"], models.get("text_encoder"),
-                                       models.get("text_encoder_2"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return int(json.loads((path / "state.json").read_text())["step"])
+    allowed = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.core.multiarray._reconstruct]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise DamagedCheckpoint(f"{file.name} is damaged ({_short(error)})") from None
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:160]
+
+
+def newest_loadable(run: RunDir, on_skip, below: int | None = None) -> tuple[int, dict]:
+    """The newest checkpoint of `run` (before step `below`) whose files all read, as (step, its files);
+    each newer one that does not is passed to ``on_skip`` as a line saying which and why. LikenessError
+    when none reads."""
+    skipped = []
+    for step in reversed([s for s in run.checkpoint_steps() if below is None or s < below]):
+        try:
+            return step, read_checkpoint(run.checkpoint_path(step))
+        except DamagedCheckpoint as error:
+            line = f"skipped the checkpoint at step {step}: {error}"
+            skipped.append(line)
+            on_skip(line)
+    if not skipped:
+        raise LikenessError(f"--resume: {run.root} has no checkpoint to resume from")
+    raise LikenessError(f"--resume: no checkpoint in {run.root} can be read ({'; '.join(skipped)})")
+
+
+def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler, files: dict | None = None) -> int:
+    """Restore training state from ``path`` (its files already read by :func:`read_checkpoint`, or read
+    now); return the step it was saved at."""
+    import numpy as np
+    import torch
+
+    files = files or read_checkpoint(path)
+    try:
+        if (path / TRAINING_STATE_FILENAME).is_file():
+            load_training_state(path / TRAINING_STATE_FILENAME, models)
+        else:  # a checkpoint from before likeness kept the training state
+            load_lora_into_training_models(path / LORA_FILENAME, models["unet"], models.get("text_encoder"),
+                                           models.get("text_encoder_2"))
+        optimizer.load_state_dict(files["optimizer.pt"])
+        lr_scheduler.load_state_dict(files["scheduler.pt"])
+        rng = files["rng.pt"]
+        name, keys, *rest = rng["numpy"]
+        numpy_state = (name, keys.numpy().astype(np.uint32) if isinstance(keys, torch.Tensor) else keys, *rest)
+        random.setstate(_as_python_state(rng["python"]))
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    except DamagedCheckpoint:
+        raise
+    except LikenessError as error:
+        raise DamagedCheckpoint(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - a state that read but does not fit this run
+        raise DamagedCheckpoint(f"its state does not fit this run ({_short(error)})") from None
+    return files["step"]
+
+
+def _as_python_state(state):
+    # random.setstate wants (version, tuple of ints, gauss); weights_only loading may give lists back.
+    version, internal, gauss = state
+    return version, tuple(internal), gauss

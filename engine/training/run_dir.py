@@ -15,11 +15,13 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.damaged import DamagedFile, json_lines, read_json_object
 from engine.errors import LikenessError
 from engine.models.lora_files import LORA_FILENAME
 from engine.training.curves import CURVES_FILE
@@ -33,6 +35,9 @@ RUN_FILES = (RUN_JSON, METRICS, LORA_FILENAME, CURVES_FILE, "samples", "checkpoi
 REPLACED = ".replaced"  # the run --force is replacing, until the new run is under way
 DISCARDED = ".discarded"  # on its way out: whatever a crash left here is deleted at the next start
 _MOVED = "moved.json"  # in REPLACED: which files were moved, and by which process
+# What the run writes: samples/step-000100.png, checkpoints/step-000100. Anything else there (a sync
+# tool's "step-000100 (copy).png", a renamed "step-000100-old") is the user's, and no step.
+_STEP = re.compile(r"step-(\d{1,12})")
 
 
 @dataclass(frozen=True)
@@ -71,31 +76,51 @@ class RunDir:
             return []
         steps = []
         for child in self.checkpoints.iterdir():
-            if child.name.startswith("step-") and (child / "state.json").is_file():
-                steps.append(int(child.name.removeprefix("step-")))
+            step = _STEP.fullmatch(child.name)
+            if step and (child / "state.json").is_file():
+                steps.append(int(step[1]))
         return sorted(steps)
 
+    def sample_grids(self) -> list[tuple[int, Path]]:
+        """(step, path) of the sample grids, oldest first; files not named as the run names them are left out."""
+        if not self.samples.is_dir():
+            return []
+        found = []
+        for path in self.samples.glob("step-*.png"):
+            step = _STEP.fullmatch(path.stem)
+            if step:
+                found.append((int(step[1]), path))
+        return sorted(found)
+
     def read_run(self) -> dict[str, Any] | None:
-        if not self.run_json.is_file():
-            return None
+        """run.json, or None when there is none or it is damaged (``run_damage`` says why)."""
         try:
-            return json.loads(self.run_json.read_text())
-        except json.JSONDecodeError:
+            return read_json_object(self.run_json)
+        except (OSError, DamagedFile):
             return None
+
+    def run_damage(self) -> str | None:
+        """Why run.json cannot be read (one line), or None when it reads or is not there."""
+        try:
+            read_json_object(self.run_json)
+        except DamagedFile as error:
+            return str(error)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            return f"{RUN_JSON} cannot be read: {error.strerror or error}"
+        return None
 
     def write_run(self, record: dict[str, Any]) -> None:
         write_json_atomically(self.run_json, record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The rows of metrics.jsonl with a step; a line a full disk cut short (or any line that is not
+        a step's object) is left out: the step is lost, the curve is not."""
         if not self.metrics.is_file():
             return []
-        rows = []
-        for line in self.metrics.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line a full disk cut short: the step is lost, the curve is not
-        return rows
+        rows, _bad = json_lines(self.metrics)
+        return [row for row in rows if isinstance(row.get("step"), int) and not isinstance(row["step"], bool)]
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with self.metrics.open("a") as handle:

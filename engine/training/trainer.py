@@ -51,7 +51,7 @@ from engine.models.lora_files import (
 from engine.outputs import first_missing
 from engine.prep.identity_scores import identity_for_dataset, mean_score, score_label
 from engine.settings import Settings
-from engine.training.checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
+from engine.training.checkpoints import DamagedCheckpoint, load_checkpoint, newest_loadable, save_checkpoint
 from engine.training.config import TrainConfig
 from engine.training.curves import CURVES_FILE, draw_curves
 from engine.training.eta import eta_seconds, grid_number, grids_after, grids_in_run
@@ -101,6 +101,7 @@ class SDXLLoRATrainer:
         self.pipe = None
         self.seconds_per_grid: float | None = None  # the last sample grid's wall time, for the ETA
         self.replacing = False  # an earlier run waits in RUN/.replaced until this one's first step
+        self.resume_from: tuple[int, dict] | None = None  # (step, its files read): the checkpoint a resume loads
         self._phase_sent = 0.0
 
     # 1. Inputs are checked before anything heavy loads: a typo costs a second, not a minute.
@@ -134,9 +135,26 @@ class SDXLLoRATrainer:
         """The optimizer whose state the newest checkpoint holds: a resumed run must keep it."""
         if not self.config.resume:
             return None
-        state = checkpoint_state(self.run_dir.checkpoint_path(self.run_dir.checkpoint_steps()[-1]))
+        # The newest checkpoint that reads is the one resumed from; the ones skipped are said once, here.
+        self.resume_from = newest_loadable(self.run_dir, lambda line: self.on_event(Log(line)))
+        state = self.resume_from[1]["state"]
         # Checkpoints from before the savers were chosen per device all used the then default, 8-bit AdamW.
         return state.get("memory_plan", {}).get("optimizer", "adamw8bit")
+
+    def _restore(self, optimizer, lr_scheduler) -> int:
+        """Load the checkpoint chosen in check_inputs; one whose state does not fit after all is
+        skipped for the next older one that reads (each load replaces all the state the last one set)."""
+        step, files = self.resume_from
+        while True:
+            try:
+                return load_checkpoint(self.run_dir.checkpoint_path(step), self._lora_models(), optimizer,
+                                       lr_scheduler, files)
+            except DamagedCheckpoint as error:
+                self.on_event(Log(f"skipped the checkpoint at step {step}: {error}"))
+                if not any(s < step for s in self.run_dir.checkpoint_steps()):
+                    raise LikenessError(f"--resume: no checkpoint in {self.config.out} can be loaded "
+                                        f"(the last tried, step {step}: {error})") from None
+                step, files = newest_loadable(self.run_dir, lambda line: self.on_event(Log(line)), below=step)
 
     # 2. Load SDXL, freeze it, and add the LoRA layers that are the only thing trained.
     def load(self) -> None:
@@ -311,8 +329,7 @@ class SDXLLoRATrainer:
                                          num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.steps)
             first_step = 0
             if config.resume:
-                last = run.checkpoint_steps()[-1]
-                first_step = load_checkpoint(run.checkpoint_path(last), self._lora_models(), optimizer, lr_scheduler)
+                first_step = self._restore(optimizer, lr_scheduler)
                 run.truncate_metrics(first_step)
                 self.on_event(Log(f"resumed from checkpoint at step {first_step}"))
             self.on_event(Started(first_step, config.steps))

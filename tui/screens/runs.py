@@ -32,7 +32,7 @@ def run_row(run: dict) -> tuple[str, ...]:
     minutes = None if wall is None else wall / 60
     cost = run.get("cost_usd")
     return (
-        run["name"], run.get("status") or "–", PurePath(run["dataset"]).name if run.get("dataset") else "–",
+        run["name"], "damaged" if run.get("damaged") else run.get("status") or "–", PurePath(run["dataset"]).name if run.get("dataset") else "–",
         fmt(run.get("resolution"), "", " px"), fmt(run.get("num_images")), fmt(run.get("steps")),
         _short_gpu(run.get("gpu_name")) or run.get("device") or "–", fmt(run.get("lora_rank")),
         fmt(minutes, ".1f", " min"), "–" if cost is None else f"${cost:.2f}",
@@ -80,6 +80,9 @@ class RunsScreen(EngineScreen):
         self.runs = {r["name"]: r for r in runs}
         self.marked = [name for name in self.marked if name in self.runs]
         self._fill()
+        damaged = [f"{r['name']}: {r['damaged']}" for r in runs if r.get("damaged")]
+        if damaged:  # listed with what could be read; the reason is what the user needs to repair it
+            self.notify("damaged: " + "; ".join(damaged), severity="warning", timeout=10)
 
     def _fill(self) -> None:
         """Rebuild the rows, keeping the cursor on the run it was on and the focus on the table."""

@@ -101,7 +101,8 @@ class TrainScreen(EngineScreen):
         select = self.query_one("#dataset", Select)
         current = select.value
         self.dataset_sizes = {d["name"]: d.get("size") for d in datasets}
-        select.set_options([(f"{d['name']} ({d.get('accepted', '?')} photos, {d.get('size', '?')} px)", d["name"])
+        select.set_options([(f"{d['name']} (damaged: {d['damaged']})" if d.get("damaged") else
+                             f"{d['name']} ({d.get('accepted', '?')} photos, {d.get('size', '?')} px)", d["name"])
                             for d in datasets])
         if current in {d["name"] for d in datasets}:
             select.value = current
