@@ -12,8 +12,9 @@ import re
 
 from engine.errors import LikenessError
 
-# SDXL's text encoders read 77 tokens; a prompt much longer than a page is a mistake or an attack.
-MAX_PROMPT_CHARS = 2000
+# SDXL's text encoders read 77 tokens and the rest is cut with a warning; a prompt of many pages is a
+# mistake or an attack, and is refused before anything is built from it.
+MAX_PROMPT_CHARS = 20_000
 _PIECE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
 
@@ -28,7 +29,8 @@ def placeholders(template: str) -> list[str]:
             continue
         name = match.group(1)
         if name is None:
-            raise LikenessError(f"prompt {template[:80]!r} has a lone {piece!r}: write {piece * 2} for a brace")
+            raise LikenessError(f"prompt {template[:80]!r} is malformed: a lone {piece!r} (write {piece * 2} "
+                                "for a brace)")
         if not name.isidentifier():
             raise LikenessError(f"prompt {template[:80]!r}: placeholder {{{name[:40]}}} must be a plain name "
                                 "such as {token}")
@@ -46,7 +48,8 @@ def fill(template: str, values: dict[str, object]) -> str:
             return piece[0]
         name = match.group(1)
         if name not in values:
-            raise LikenessError(f"prompt placeholder {{{name}}} has no value")
+            raise LikenessError(f"unknown placeholder {{{name}}}: this prompt may use "
+                                + ", ".join(f"{{{known}}}" for known in values))
         return str(values[name])
 
     return _PIECE.sub(replace, template)

@@ -15,7 +15,6 @@ import time
 
 import pytest
 
-from engine.service.errors import DatabaseBusy
 from engine.service.sqlite_queue import DB_FILENAME, SqliteJobQueue
 from tests.service_helpers import Service, free_port, make_home, train_config
 
@@ -151,6 +150,7 @@ def test_an_upload_that_fails_half_way_keeps_the_earlier_one(tmp_path):
 
 def test_a_locked_database_holds_a_jobs_events_and_says_why(tmp_path):
     from engine.events import Log
+    from engine.service.errors import DatabaseBusy
     from engine.service.runner import EventRecorder
 
     queue = SqliteJobQueue(tmp_path / DB_FILENAME, busy_timeout_s=0.2)
