@@ -366,20 +366,22 @@ def serve(settings: Settings, config: ServiceConfig) -> None:
     import uvicorn
 
     token = config.checked_token()
-    # Check the port before anything starts: uvicorn's own message is a multi-line log record.
-    with socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((config.host, config.port))
-        except OSError as error:
-            raise LikenessError(f"cannot listen on {config.host}:{config.port}: {error.strerror or error}") from None
-    where = f"http://{config.host}:{config.port}"
     # Before anything touches the queue: a second service on this home would take the first's running
-    # jobs for a crash's leftovers and end them.
+    # jobs for a crash's leftovers and end them. (First of all, so that a second `likeness serve` on
+    # the same port is told which service has this home, not only that the port is taken.)
     lock = HomeLock(settings.home)
     token_file = config.token_file if token and not config.token else None
     lock.acquire(client_url(config.host, config.port), token_file)
     try:
+        # Check the port before anything starts: uvicorn's own message is a multi-line log record.
+        with socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((config.host, config.port))
+            except OSError as error:
+                raise LikenessError(f"cannot listen on {config.host}:{config.port}: "
+                                    f"{error.strerror or error}") from None
+        where = f"http://{config.host}:{config.port}"
         app = create_app(settings, config, token)
         print(f"likeness service on {where} (API docs at {where}/docs), LIKENESS_HOME={settings.home}"
               + ("; token required" if token else ""), file=sys.stderr, flush=True)

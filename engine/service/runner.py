@@ -404,8 +404,7 @@ class EventRecorder:
                 "recommended_step": event.recommended_step})
         elif isinstance(event, OverfittingWarning):
             print(f"{_now()} {event.message}", flush=True)
-            self._add("overfitting", {"step": event.step, "cause": event.cause,
-                                                              "message": event.message})
+            self._add("overfitting", {"step": event.step, "cause": event.cause, "message": event.message})
         elif isinstance(event, Started):
             started = {"first_step": event.first_step, "total": event.total}
             run_id = self._run_id()
@@ -413,9 +412,8 @@ class EventRecorder:
                 started["run_id"] = run_id  # which run this job's folder holds from now on (resume checks it)
             self._add("started", started)
         elif isinstance(event, Phase):
-            self._add("phase", {"name": event.name, "index": event.index,
-                                                        "total": event.total, "fraction": event.fraction,
-                                                        "text": event.describe()})
+            self._add("phase", {"name": event.name, "index": event.index, "total": event.total,
+                                "fraction": event.fraction, "text": event.describe()})
             if event.fraction is None:  # a new phase, not a grid's progress: worth a line in the job's log
                 print(f"{_now()} {event.describe()}", flush=True)
         elif isinstance(event, Log):
@@ -429,8 +427,7 @@ class EventRecorder:
         return record.get("run_id") if isinstance(record.get("run_id"), str) else None
 
     def prep_progress(self, progress) -> None:
-        self._add("progress", {"stage": progress.stage, "step": progress.done,
-                                                       "total": progress.total})
+        self._add("progress", {"stage": progress.stage, "step": progress.done, "total": progress.total})
         self.step_hook(progress.done)
 
     def step_hook(self, step: int) -> None:
