@@ -100,6 +100,9 @@ def test_cancel_stops_at_a_step_boundary_keeps_checkpoints_and_the_stream_resume
     stopped_at = run.read_metrics()[-1]["step"]
     assert 3 <= stopped_at < 500 and run.checkpoint_steps() and run.checkpoint_steps()[-1] <= stopped_at
     assert service.post(f"/jobs/{job['id']}/cancel").status_code == 409
+    # The folder says which run it holds, and the job's "started" event names it: resume checks the two.
+    started = [event for event in first if event["type"] == "started"]
+    assert started and started[-1]["data"]["run_id"] == run.read_run()["run_id"]
 
 
 def test_kill_9_interrupts_the_job_and_resume_gives_the_uninterrupted_lora(tmp_path, settings, tiny_model, dataset,

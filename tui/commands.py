@@ -18,7 +18,10 @@ def register(subparsers) -> None:
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     w.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     w.add_argument("--server", default=os.environ.get("LIKENESS_SERVER"), metavar="URL", help="engine service URL")
-    w.add_argument("--public-url", default=None, help="URL the browser uses, when behind a proxy")
+    w.add_argument("--public-url", default=None,
+                   help="URL the browser uses, when behind a proxy or in a container; off loopback the page asks "
+                        "for a key (printed with its URL) unless this URL is on loopback (a port published on "
+                        "127.0.0.1 only)")
     w.set_defaults(func=run_web)
 
 
@@ -43,9 +46,8 @@ def run_tui(args: argparse.Namespace) -> int:
 
 
 def run_web(args: argparse.Namespace) -> int:
-    from textual_serve.server import Server
+    from tui.web_server import make_server
 
     command = [sys.executable, "-m", "tui", "tui"] + (["--server", args.server] if args.server else [])
-    Server(shlex.join(command), host=args.host, port=args.port, title="likeness",
-           public_url=args.public_url).serve()
+    make_server(shlex.join(command), args.host, args.port, args.public_url).serve()
     return 0

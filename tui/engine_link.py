@@ -2,20 +2,24 @@
 
 Every method blocks; screens call them from worker threads. With no ``--server``, a local
 service is started in its own session (so a running job outlives the TUI) and remembered in
-``LIKENESS_HOME/tui-service.json`` so the next start reconnects to it. That local service may
-read photos in any folder the user can read (``LIKENESS_PHOTO_ROOTS=/``) and base models anywhere under
-the user's home folder (``LIKENESS_MODEL_ROOTS``), as a desktop program would; a shared or
-containerised service reads only what it is given.
+``LIKENESS_HOME/tui-service.json`` so the next start reconnects to it; a service already running on
+the home (``likeness serve``) is used instead of starting a second one. The local service asks for a
+token that is new each time it starts and kept in a file only the user can read, so no web page and
+no other local user can use it; it reads photos in the folders a user keeps them in (the home folder,
+removable media, the temporary folder, and ``LIKENESS_PHOTO_ROOTS``) and base models anywhere under the
+user's home folder (``LIKENESS_MODEL_ROOTS``); a shared or containerised service reads only what it is given.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -203,7 +207,8 @@ def stop_if_unneeded(state_file: Path, grace_s: float = 15) -> bool:
     except (OSError, ValueError):
         return False
     try:
-        busy = any(job["state"] in ("running", "queued") for job in ServiceClient(state["url"]).jobs())
+        client = ServiceClient(state["url"], token=_read_token(state.get("token_file")))
+        busy = any(job["state"] in ("running", "queued") for job in client.jobs())
     except LikenessError:
         busy = False  # not answering: stop it all the same if it is still there
     if busy or live_clients(state_file.parent / CLIENTS):  # a TUI may have arrived meanwhile
@@ -226,8 +231,48 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+TOKEN_FILE = "tui-service.token"
+
+
+def _read_token(path: str | None) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None if path else None
+    except OSError:
+        return None
+
+
+def _new_token_file(home: Path) -> Path:
+    """A fresh token for this engine's life, in a file only this user can read (0600 from the start)."""
+    path = home / TOKEN_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def photo_roots() -> str:
+    """Where the TUI's own engine may read photos: where a user keeps them, not the whole disk."""
+    roots = [str(Path.home()), "/media", "/mnt", f"/run/media/{os.environ.get('USER', '')}".rstrip("/"),
+             tempfile.gettempdir()]
+    extra = os.environ.get("LIKENESS_PHOTO_ROOTS", "")
+    return os.pathsep.join(dict.fromkeys([*roots, *(part for part in extra.split(os.pathsep) if part.strip())]))
+
+
+def _running_on_home(home: Path) -> EngineLink | None:
+    """The service already running on this home (`likeness serve`, another TUI's engine), if it answers."""
+    from engine.service.home_lock import running_service
+
+    running = running_service(home)
+    if running is None:
+        return None
+    client = ServiceClient(running.url, token=running.token())
+    return EngineLink(client) if client.healthy() else None
+
+
 def connect(server: str | None, settings: Settings | None = None, wait_s: float = 90) -> EngineLink:
-    """Use ``server``; else the local service an earlier TUI started; else start one."""
+    """Use ``server``; else the local service an earlier TUI started; else the service running on this
+    home; else start one."""
     settings = settings or Settings()
     if server:
         client = ServiceClient(server)
@@ -236,27 +281,39 @@ def connect(server: str | None, settings: Settings | None = None, wait_s: float 
         return EngineLink(client)
     state = settings.home / "tui-service.json"
     if state.is_file():
-        client = ServiceClient(json.loads(state.read_text())["url"])
-        if client.healthy():
+        try:
+            record = json.loads(state.read_text())
+            client = ServiceClient(record["url"], token=_read_token(record.get("token_file")))
+        except (OSError, ValueError, KeyError, TypeError):
+            client = None
+        if client is not None and client.healthy():
             _register(settings.home)
             return EngineLink(client, state_file=state)
+    found = _running_on_home(settings.home)
+    if found is not None:
+        return found  # someone else's (not stopped when the TUI quits)
     port = _free_port()
     settings.home.mkdir(parents=True, exist_ok=True)
-    # The user's own engine, on their own machine: it may read any folder they can (the folder picker
-    # offers them all). Confinement to LIKENESS_HOME and the photo roots is for a shared service.
-    env = {**os.environ, "LIKENESS_HOME": str(settings.home), "LIKENESS_PHOTO_ROOTS": os.path.abspath(os.sep),
-           # A base model folder or .safetensors file of the user's, as --base on the command line takes.
-           "LIKENESS_MODEL_ROOTS": os.environ.get("LIKENESS_MODEL_ROOTS", str(Path.home()))}
+    token_file = _new_token_file(settings.home)
+    env = {key: value for key, value in os.environ.items() if key != "LIKENESS_TOKEN"}
+    env.update({"LIKENESS_HOME": str(settings.home), "LIKENESS_PHOTO_ROOTS": photo_roots(),
+                "LIKENESS_TOKEN_FILE": str(token_file),
+                # A base model folder or .safetensors file of the user's, as --base on the command line takes.
+                "LIKENESS_MODEL_ROOTS": os.environ.get("LIKENESS_MODEL_ROOTS", str(Path.home()))})
     with open(settings.home / "tui-service.log", "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(port)], env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    client = ServiceClient(f"http://127.0.0.1:{port}")
+    client = ServiceClient(f"http://127.0.0.1:{port}", token=_read_token(str(token_file)))
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            # Another TUI or `likeness serve` took the home a moment before ours could: use that one.
+            found = _running_on_home(settings.home)
+            if found is not None:
+                return found
             raise LikenessError(f"the local engine exited; see {settings.home / 'tui-service.log'}")
         if client.healthy():
-            state.write_text(json.dumps({"url": client.url, "pid": process.pid}))
+            state.write_text(json.dumps({"url": client.url, "pid": process.pid, "token_file": str(token_file)}))
             _register(settings.home)
             return EngineLink(client, process, state)
         time.sleep(0.3)

@@ -9,7 +9,8 @@ from engine.placement.gpus import GPU_NAMES
 
 def _server_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", metavar="URL",
-                        help="the likeness service (default $LIKENESS_SERVER or http://127.0.0.1:8000)")
+                        help="the likeness service (default $LIKENESS_SERVER, else http://127.0.0.1:8000, else the "
+                             "one running on LIKENESS_HOME, such as the engine the TUI started)")
 
 
 def register(subparsers) -> None:
@@ -42,9 +43,9 @@ def register(subparsers) -> None:
 
 
 def _client(args: argparse.Namespace):
-    from engine.service.client import ServiceClient, default_server
+    from engine.service.client import find_service
 
-    return ServiceClient(args.server or default_server())
+    return find_service(args.server)
 
 
 def list_jobs(args: argparse.Namespace) -> int:

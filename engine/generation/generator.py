@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from engine.generation.sweeps import PARAMETER_AXES, check_template, expand, pla
 from engine.grid import labelled_grid, save_png_atomically
 from engine.models.lora_files import LORA_FILENAME
 from engine.prep.identity_scores import identity_for_dataset, score_images, score_label
+from engine.prompts import MAX_PROMPT_CHARS, fill
 from engine.settings import Settings
 from engine.training.config import DEFAULT_BASE, MAX_SEED, MAX_SIDE, MAX_STEPS
 from engine.training.run_dir import RunDir
@@ -42,8 +45,9 @@ class GenerateConfig(BaseModel):
                              description="Use the run's checkpoint at this step; default: the run's "
                              "recommended step (run.json), else its final LoRA.")
     base: str | None = Field(default=None, description="Base model; default: the run's base, else SDXL base 1.0.")
-    prompt: str = Field(default=DEFAULT_PROMPT, description="Prompt template; {placeholders} are filled from sweeps.")
-    negative_prompt: str = Field(default="", description="Negative prompt.")
+    prompt: str = Field(default=DEFAULT_PROMPT, max_length=MAX_PROMPT_CHARS,
+                        description="Prompt template; {placeholders} (plain names) are filled from sweeps.")
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS, description="Negative prompt.")
     sweeps: dict[str, list[Any]] = Field(default_factory=dict, description="Axis name -> values; first axis = columns.")
     seed: int = Field(default=0, ge=0, le=MAX_SEED, strict=True, description="Seed of the CPU generator that makes the initial noise.")
     steps: int = Field(default=30, gt=0, le=1000, strict=True, description="Denoising steps.")
@@ -58,6 +62,15 @@ class GenerateConfig(BaseModel):
     force: bool = Field(default=False, description="Write into an output folder that already holds images.")
     device: str = Field(default="auto", description="torch device: auto, cpu, cuda, cuda:N.")
     mixed_precision: str = Field(default="auto", description="auto = fp16/bf16 on CUDA, fp32 on CPU.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _plain_placeholders(cls, prompt: str) -> str:
+        try:
+            placeholders(prompt)
+        except LikenessError as error:
+            raise ValueError(str(error)) from None
+        return prompt
 
     @field_validator("sweeps")
     @classmethod
@@ -289,7 +302,7 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
             params = {name: combo.get(name, getattr(config, name))
                       for name in ("lora_scale", "temperature", "guidance", "seed", "steps")}
             params["step"] = combo.get("step", chosen_step)
-            prompt = config.prompt.format(**{k: values[k] for k in placeholders(config.prompt)})
+            prompt = fill(config.prompt, values)
             lora_path = lora_files.get(params["step"]) if lora_files else None
             if lora is not None:
                 lora.use(adapters[params["step"]] if params["lora_scale"] > 0 else None, params["lora_scale"])
@@ -465,8 +478,7 @@ def _warn_long_prompts(pipe, config: GenerateConfig, axes: dict, fixed: dict, on
         return set()
     limit = tokenizer.model_max_length
     prompt_axes = {k: v for k, v in axes.items() if k not in PARAMETER_AXES}
-    prompts = {config.prompt.format(**{k: {**fixed, **combo}[k] for k in placeholders(config.prompt)})
-               for combo in (expand(prompt_axes) if prompt_axes else [{}])}
+    prompts = {fill(config.prompt, {**fixed, **combo}) for combo in (expand(prompt_axes) if prompt_axes else [{}])}
     if config.negative_prompt:
         prompts.add(config.negative_prompt)
     long = set()
@@ -525,8 +537,29 @@ def _write_grids(out: Path, axes: dict[str, list[Any]], images: list[GeneratedIm
             title=" · ".join(part for part in (heading, ", ".join(_label(n, v) for n, v in page_key)) if part) or None,
             cell_labels=[[cells[(r, c)][1] for c in cols] for r in rows] if scored else None,
         )
-        suffix = "".join(f"-{n}={v}" for n, v in page_key)
-        path = out / f"grid{suffix}.png"
+        path = _grid_path(out, page_key, grids)
         save_png_atomically(grid, path)
         grids.append(path)
     return grids
+
+
+def _grid_path(out: Path, page_key: tuple, taken: list[Path]) -> Path:
+    """``out/grid-name=value….png`` for one page of a sweep, always a file directly in `out`.
+
+    Sweep values are the user's text: a value ``../../x`` must not become a path. Each is reduced to
+    plain file-name characters, the name is bounded, and one that two pages would share gets a number.
+    """
+    suffix = "".join(f"-{_file_part(str(n))}={_file_part(str(v))}" for n, v in page_key)
+    stem = f"grid{suffix}"[:200]
+    path, n = out / f"{stem}.png", 2
+    while path in taken:
+        path, n = out / f"{stem}-{n}.png", n + 1
+    # What the name became is checked against the folder, whatever the reduction above missed.
+    if Path(os.path.realpath(path)).parent != Path(os.path.realpath(out)):
+        raise LikenessError(f"grid file {path.name!r} would be written outside {out}")
+    return path
+
+
+def _file_part(text: str) -> str:
+    # Letters, digits and . _ + - only: no separator can remain (and the name starts with "grid").
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)[:60] or "_"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import string
 from typing import Any
 
 from engine.errors import LikenessError
+from engine.prompts import placeholders as prompt_placeholders
 
 # Axes that are sampling parameters rather than prompt placeholders, with the type of their values.
 PARAMETER_AXES: dict[str, type] = {
@@ -20,15 +20,8 @@ PARAMETER_AXES: dict[str, type] = {
 
 
 def placeholders(template: str) -> list[str]:
-    """The ``{names}`` in a prompt template, in order of first appearance."""
-    try:
-        names = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
-    except ValueError as error:
-        raise LikenessError(f"prompt template {template!r} is malformed: {error}") from None
-    for name in names:
-        if not name.isidentifier():
-            raise LikenessError(f"prompt template {template!r}: placeholder {{{name}}} must be a plain name")
-    return list(dict.fromkeys(names))
+    """The ``{names}`` in a prompt template, in order of first appearance (engine.prompts: plain names only)."""
+    return prompt_placeholders(template)
 
 
 def parse_sweep(text: str) -> tuple[str, list[Any]]:

@@ -17,17 +17,18 @@ from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import __version__
 from engine.errors import LikenessError
-from engine.service import catalog, submission
+from engine.service import catalog, docs_page, submission
 from engine.service.config import ServiceConfig
 from engine.service.connections import connection_limits, guarded_protocol, log_resource_errors_once
 from engine.service.cuda_check import no_cuda_line
 from engine.service.errors import Conflict, InvalidField, NotFound, ServiceError
 from engine.service.head import HeadAsGet
+from engine.service.home_lock import HomeLock
 from engine.service.models import (
     FINAL_STATES,
     NAME_PATTERN,
@@ -84,10 +85,12 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
         finally:
             await run_in_threadpool(runner.stop)
 
+    # docs_url/redoc_url off: FastAPI's pages load their scripts from a CDN; /docs is drawn here instead.
     app = FastAPI(title="likeness", version=__version__, lifespan=lifespan, responses=ERRORS,
+                  docs_url=None, redoc_url=None,
                   description="DreamBooth + LoRA training of SDXL as a job service: jobs, their events (SSE), "
                               "datasets and runs. Paths in configs are relative to LIKENESS_HOME and stay inside it.")
-    app.add_middleware(Guard, token=token, upload_limit=config.max_upload_bytes)
+    app.add_middleware(Guard, token=token, upload_limit=config.max_upload_bytes, bind_host=config.host)
     app.add_middleware(HeadAsGet)  # outermost: a HEAD is a GET for every check after it
     _error_handlers(app)
 
@@ -97,6 +100,10 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
     def health() -> dict[str, str]:
         """Liveness for container health checks; needs no token."""
         return {"status": "ok"}
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(docs_page.render(app.openapi()), headers={"Content-Security-Policy": docs_page.POLICY})
 
     @app.get("/system", tags=["system"])
     def system() -> SystemInfo:
@@ -137,7 +144,7 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
         to a cloud GPU."""
         request = request or ResumeRequest()
         job = queue.get(job_id)
-        config = submission.resume_config(job, home, request.where)
+        config = submission.resume_config(job, home, request.where, _started_run(queue, job_id))
         if job.run_dir in queue.active_run_dirs():
             raise Conflict(f"{job.run_dir} is in use by another queued or running job")
         job = queue.requeue(job_id, config, request.where, request.gpu)
@@ -252,6 +259,17 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
     return app
 
 
+def _started_run(queue: SqliteJobQueue, job_id: int) -> str | None:
+    """The run id the job's newest "started" event names (the run its folder held for it), if any."""
+    last, run_id = 0, None
+    while batch := queue.events(job_id, last):
+        for event in batch:
+            if event.type == "started" and isinstance(event.data.get("run_id"), str):
+                run_id = event.data["run_id"]
+        last = batch[-1].id
+    return run_id
+
+
 def _file(path: Path, download: str | None = None) -> FileResponse:
     media = _CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media, filename=download)
@@ -363,23 +381,42 @@ def serve(settings: Settings, config: ServiceConfig) -> None:
     import uvicorn
 
     token = config.checked_token()
-    # Check the port before anything starts: uvicorn's own message is a multi-line log record.
-    with socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((config.host, config.port))
-        except OSError as error:
-            raise LikenessError(f"cannot listen on {config.host}:{config.port}: {error.strerror or error}") from None
-    app = create_app(settings, config, token)
-    where = f"http://{config.host}:{config.port}"
-    print(f"likeness service on {where} (API docs at {where}/docs), LIKENESS_HOME={settings.home}"
-          + ("; token required" if token else ""), file=sys.stderr, flush=True)
-    # Asked beside the server, not before it: the answer can take seconds, and no GPU is no reason
-    # not to serve (a crash here would loop under compose's `restart: unless-stopped`).
-    threading.Thread(target=_say_if_no_cuda, name="cuda-check", daemon=True).start()
-    # h11 with a deadline on headers and a cap on open connections (engine.service.connections): slow
-    # clients cannot starve the service or fill its log.
-    limits = connection_limits(config.header_timeout_s)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3,
-                http=guarded_protocol(limits), timeout_keep_alive=5)
+    # Before anything touches the queue: a second service on this home would take the first's running
+    # jobs for a crash's leftovers and end them. (First of all, so that a second `likeness serve` on
+    # the same port is told which service has this home, not only that the port is taken.)
+    lock = HomeLock(settings.home)
+    token_file = config.token_file if token and not config.token else None
+    lock.acquire(client_url(config.host, config.port), token_file)
+    try:
+        # Check the port before anything starts: uvicorn's own message is a multi-line log record.
+        with socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((config.host, config.port))
+            except OSError as error:
+                raise LikenessError(f"cannot listen on {config.host}:{config.port}: "
+                                    f"{error.strerror or error}") from None
+        where = f"http://{config.host}:{config.port}"
+        app = create_app(settings, config, token)
+        print(f"likeness service on {where} (API docs at {where}/docs), LIKENESS_HOME={settings.home}"
+              + ("; token required" if token else ""), file=sys.stderr, flush=True)
+        # Asked beside the server, not before it: the answer can take seconds, and no GPU is no reason
+        # not to serve (a crash here would loop under compose's `restart: unless-stopped`).
+        threading.Thread(target=_say_if_no_cuda, name="cuda-check", daemon=True).start()
+        # h11 with a deadline on headers and a cap on open connections (engine.service.connections): slow
+        # clients cannot starve the service or fill its log.
+        limits = connection_limits(config.header_timeout_s)
+        uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3,
+                    http=guarded_protocol(limits), timeout_keep_alive=5)
+    finally:
+        lock.release()
+
+
+def client_url(host: str, port: int) -> str:
+    """The URL a client on this machine reaches a service bound to `host` at."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 

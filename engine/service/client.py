@@ -33,6 +33,24 @@ def default_server() -> str:
     return os.environ.get("LIKENESS_SERVER", DEFAULT_SERVER)
 
 
+def find_service(server: str | None = None, home: Path | None = None) -> ServiceClient:
+    """The service to talk to: `server`, else $LIKENESS_SERVER, else the one on the default port if it
+    answers, else the one running on LIKENESS_HOME (the engine the TUI started, on a port of its own,
+    with the token it keeps in a file only this user can read)."""
+    from engine.service.home_lock import running_service
+    from engine.settings import Settings
+
+    if server or os.environ.get("LIKENESS_SERVER"):
+        return ServiceClient(server or default_server())
+    default = ServiceClient(DEFAULT_SERVER)
+    if default.healthy():
+        return default
+    local = running_service(home or Settings().home)
+    if local is not None:
+        return ServiceClient(local.url, token=local.token())
+    return default
+
+
 class ServiceClient:
     def __init__(self, url: str, token: str | None = None):
         self.url = url.rstrip("/")

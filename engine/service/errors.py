@@ -62,3 +62,8 @@ class StorageError(ServiceError):
     """
 
     status = 409
+
+
+class DatabaseBusy(StorageError):
+    """Another program holds the job database's write lock for longer than we wait: nothing is wrong
+    with the disk or the file, the write can simply be made later."""

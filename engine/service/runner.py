@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 from engine.errors import LikenessError, TrainingCancelled
 from engine.service import storage
 from engine.service.catalog import LOGS, file_url, relative
-from engine.service.errors import NotFound
+from engine.service.errors import DatabaseBusy, NotFound
 from engine.service.models import CPU_KINDS, FINAL_STATES, GPU_KINDS, Job
 from engine.service.queue import JobQueue
 from engine.service.worker_death import kernel_oom_kills, log_tail, worker_death
@@ -366,6 +366,10 @@ def _is_worker(pid: int) -> bool:
 class EventRecorder:
     """An engine event sink that stores each event in the queue, and the step hook that cancels."""
 
+    # While another program holds the database's write lock, events wait here, in order, and a write
+    # is tried again at most this often, so the training is not held up at every event meanwhile.
+    BUSY_RETRY_S = 10.0
+
     def __init__(self, queue: JobQueue, job: Job, home: Path, cancel_on_progress: bool):
         self.queue = queue
         self.job = job
@@ -373,45 +377,78 @@ class EventRecorder:
         # Training checks at its step hook (after the checkpoint); generation and prep have no hook,
         # so they check after each progress event.
         self.cancel_on_progress = cancel_on_progress
+        self.pending: list[tuple[str, dict[str, Any]]] = []
+        self._busy_since: float | None = None
+
+    def _add(self, kind: str, data: dict[str, Any]) -> None:
+        self.pending.append((kind, data))
+        if self._busy_since is not None and time.monotonic() - self._busy_since < self.BUSY_RETRY_S:
+            return
+        try:
+            self.flush()
+        except DatabaseBusy as error:
+            if self._busy_since is None:
+                print(f"{_now()} {error}; the job goes on and its events wait until then", flush=True)
+            self._busy_since = time.monotonic()
+
+    def flush(self) -> None:
+        """Write the events that waited for the database; DatabaseBusy if it is still locked."""
+        while self.pending:
+            self.queue.add_event(self.job.id, *self.pending[0])
+            self.pending.pop(0)
+        if self._busy_since is not None:
+            print(f"{_now()} the job database takes writes again", flush=True)
+        self._busy_since = None
 
     def __call__(self, event) -> None:
         from engine.events import Log, OverfittingWarning, Phase, Progress, SampleReady, Started
 
         if isinstance(event, Progress):
-            self.queue.add_event(self.job.id, "progress", {
+            self._add("progress", {
                 "step": event.step, "total": event.total, "loss": event.loss, "lr": event.lr,
                 "seconds_per_step": round(event.seconds_per_step, 4), "eta_seconds": round(event.eta_seconds, 1)})
             if self.cancel_on_progress:
                 self.step_hook(event.step)
         elif isinstance(event, SampleReady):
-            self.queue.add_event(self.job.id, "sample_ready", {
+            self._add("sample_ready", {
                 "step": event.step, "path": relative(self.home, event.path), "url": file_url(self.home, event.path),
                 "identity_score": event.identity_score, "likeness": event.likeness,
                 "memorisation": event.memorisation, "variety": event.variety,
                 "recommended_step": event.recommended_step})
         elif isinstance(event, OverfittingWarning):
             print(f"{_now()} {event.message}", flush=True)
-            self.queue.add_event(self.job.id, "overfitting", {"step": event.step, "cause": event.cause,
-                                                              "message": event.message})
+            self._add("overfitting", {"step": event.step, "cause": event.cause, "message": event.message})
         elif isinstance(event, Started):
-            self.queue.add_event(self.job.id, "started", {"first_step": event.first_step, "total": event.total})
+            started = {"first_step": event.first_step, "total": event.total}
+            run_id = self._run_id()
+            if run_id is not None:
+                started["run_id"] = run_id  # which run this job's folder holds from now on (resume checks it)
+            self._add("started", started)
         elif isinstance(event, Phase):
-            self.queue.add_event(self.job.id, "phase", {"name": event.name, "index": event.index,
-                                                        "total": event.total, "fraction": event.fraction,
-                                                        "text": event.describe()})
+            self._add("phase", {"name": event.name, "index": event.index, "total": event.total,
+                                "fraction": event.fraction, "text": event.describe()})
             if event.fraction is None:  # a new phase, not a grid's progress: worth a line in the job's log
                 print(f"{_now()} {event.describe()}", flush=True)
         elif isinstance(event, Log):
             print(f"{_now()} {event.message}", flush=True)
-            self.queue.add_event(self.job.id, "log", {"message": event.message})
+            self._add("log", {"message": event.message})
+
+    def _run_id(self) -> str | None:
+        if self.job.kind != "train" or not isinstance(self.job.config.get("out"), str):
+            return None
+        record = RunDir(Path(self.job.config["out"])).read_run() or {}
+        return record.get("run_id") if isinstance(record.get("run_id"), str) else None
 
     def prep_progress(self, progress) -> None:
-        self.queue.add_event(self.job.id, "progress", {"stage": progress.stage, "step": progress.done,
-                                                       "total": progress.total})
+        self._add("progress", {"stage": progress.stage, "step": progress.done, "total": progress.total})
         self.step_hook(progress.done)
 
     def step_hook(self, step: int) -> None:
-        if self.queue.cancel_requested(self.job.id):
+        try:
+            cancel = self.queue.cancel_requested(self.job.id)
+        except DatabaseBusy:
+            cancel = False  # asked again at the next step
+        if cancel:
             raise TrainingCancelled(f"cancelled at step {step}")
 
 
@@ -486,7 +523,8 @@ def run_job(job_id: int, service_pid: int) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     settings = Settings()
     home = settings.home
-    queue = SqliteJobQueue(home / DB_FILENAME)
+    # A short wait for another program's write lock: the recorder keeps the events meanwhile.
+    queue = SqliteJobQueue(home / DB_FILENAME, busy_timeout_s=5)
     job = queue.get(job_id)
     log = job.log
     out = _LogWriter()
@@ -496,10 +534,10 @@ def run_job(job_id: int, service_pid: int) -> int:
             _check_room(job, home, ServiceConfig().min_free_mb)
         result = _RUNS[job.kind](job, settings, recorder)
     except TrainingCancelled as stop:
-        _record_end(queue, job, out, "cancelled", error=str(stop) or "cancelled")
+        _record_end(queue, job, out, "cancelled", error=str(stop) or "cancelled", recorder=recorder)
         return 0
     except JobInterrupted:
-        _record_end(queue, job, out, "interrupted", error=INTERRUPTED_REASON)
+        _record_end(queue, job, out, "interrupted", error=INTERRUPTED_REASON, recorder=recorder)
         return 0
     except Exception as error:
         data: dict[str, Any] = {"log": log}
@@ -523,10 +561,10 @@ def run_job(job_id: int, service_pid: int) -> int:
             first = (str(error).strip().splitlines() or [""])[0][:300]
             reason = f"{type(error).__name__}: {first}" if first else type(error).__name__
         out.write(f"{_now()} failed: {reason}\n")
-        _record_end(queue, job, out, "failed", error=reason, data={"reason": reason, **data})
+        _record_end(queue, job, out, "failed", error=reason, data={"reason": reason, **data}, recorder=recorder)
         _settle_run_dir(job, "failed")  # the trainer's own last word may not have reached the disk
         return 1
-    _record_end(queue, job, out, "done", result=result, data={"result": result})
+    _record_end(queue, job, out, "done", result=result, data={"result": result}, recorder=recorder)
     return 0
 
 
@@ -566,7 +604,8 @@ class _LogWriter:
 
 
 def _record_end(queue: JobQueue, job: Job, out: _LogWriter, state: str, error: str | None = None,
-                result: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
+                result: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+                recorder: EventRecorder | None = None) -> None:
     """Record how the attempt ended, trying until the database takes it (it may be full or read-only
     for a while): only this process knows the true ending, so it does not give up while its service
     lives (a service that dies takes this process with it, and its successor marks the job interrupted)."""
@@ -574,6 +613,8 @@ def _record_end(queue: JobQueue, job: Job, out: _LogWriter, state: str, error: s
     while True:
         out.flush()
         try:
+            if recorder is not None:
+                recorder.flush()  # the events that waited for a locked database come before the ending
             queue.finish(job.id, job.attempt, state, error=error, result=result, data=data)
         except LikenessError as problem:
             if not told:

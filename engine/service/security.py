@@ -1,7 +1,17 @@
 """Who may talk to the service, how much they may send, and which paths they may reach.
 
-The token check and the body limit are plain ASGI middleware so they also cover event streams
-and requests that never reach a route (404s, bad JSON): no request is served before both pass.
+The token check, the Host and Origin checks and the body limit are plain ASGI middleware so they
+also cover event streams and requests that never reach a route (404s, bad JSON): no request is
+served before all pass.
+
+A service without a token listens on loopback only, but the user's browser is on loopback too:
+a web page may send it requests. Two attacks are shut out here. DNS rebinding (a page's own name
+made to resolve to 127.0.0.1, so its scripts read the answers) carries the page's name in `Host`:
+without a token only the service's own names are served. A cross-site "simple" request (a form
+post, or `fetch(..., {mode: "no-cors"})`) carries the page's `Origin`, and may use only the form
+content types and no custom header: a state-changing request from a foreign Origin is refused,
+and one with a form content type needs the token or the `X-Likeness-Client` header, which no
+page can send to another site without the service's consent (and this one never gives it: no CORS).
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ import hmac
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
 
@@ -17,6 +28,14 @@ from engine.service.errors import NotFound, PathRefused
 
 # Reachable without the token: the container HEALTHCHECK has no token, and says nothing secret.
 OPEN_PATHS = frozenset({"/health"})
+# The names this machine's loopback answers to: a page can make its own name resolve to 127.0.0.1,
+# but it cannot make the browser send one of these in Host or Origin.
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+# No request of these methods changes anything here.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# What an HTML form (and a no-cors fetch) may send without asking the service first.
+FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data", b"text/plain")
+CLIENT_HEADER = b"x-likeness-client"
 JSON_BODY_LIMIT = 1 * 2**20  # configs are a few KB; anything much larger is a mistake or an attack
 # Linux's limits: longer names cannot exist, and asking the file system about them raises.
 NAME_MAX = 255
@@ -74,18 +93,58 @@ class BodyTooLarge(HTTPException):
         super().__init__(status_code=413, detail=detail)
 
 
-class Guard:
-    """ASGI middleware: the Bearer token (constant-time) on every request, and body size limits."""
+def host_name(value: str) -> str:
+    """The name in a Host header or an Origin (no port, no brackets, lower case); '' if none."""
+    try:
+        parts = urlsplit(value if "//" in value else f"//{value}")
+        return (parts.hostname or "").lower()
+    except ValueError:
+        return ""
 
-    def __init__(self, app, token: str | None, upload_limit: int):
+
+def own_names(bind_host: str) -> frozenset[str]:
+    """The Host names a service bound to `bind_host` answers without a token."""
+    names = set(LOOPBACK_NAMES)
+    if bind_host not in ("0.0.0.0", "::", ""):
+        names.add(host_name(bind_host))
+    return frozenset(names)
+
+
+def foreign_request(method: str, headers: dict[bytes, bytes], names: frozenset[str], has_token: bool) -> str | None:
+    """Why a request would be a foreign page's (rebinding, cross-site), or None when it is not."""
+    host = headers.get(b"host", b"").decode("latin-1")
+    if not has_token and host and host_name(host) not in names:
+        return (f"Host {host[:80]!r} is not this service's name: use http://127.0.0.1, or set LIKENESS_TOKEN "
+                "to serve other names")
+    if method in SAFE_METHODS:
+        return None
+    origin = headers.get(b"origin")
+    if origin is not None and host_name(origin.decode("latin-1")) not in names:
+        return f"requests from the web page at {origin.decode('latin-1')[:80]!r} may not change anything here"
+    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if not has_token and content_type in FORM_TYPES and CLIENT_HEADER not in headers:
+        return (f"a {content_type.decode()} request needs the header 'X-Likeness-Client: 1' (or the token): "
+                "a web page could send this one without it")
+    return None
+
+
+class Guard:
+    """ASGI middleware: the Bearer token (constant-time) on every request, the Host and Origin checks,
+    and body size limits."""
+
+    def __init__(self, app, token: str | None, upload_limit: int, bind_host: str = "127.0.0.1"):
         self.app = app
         self.token = token.encode() if token else None
         self.upload_limit = upload_limit
+        self.names = own_names(bind_host)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        foreign = foreign_request(scope["method"], headers, self.names, self.token is not None)
+        if foreign is not None:
+            return await _deny(403, foreign)(send)
         if self.token is not None and scope["path"] not in OPEN_PATHS:
             given = headers.get(b"authorization", b"")
             scheme, _, credential = given.partition(b" ")

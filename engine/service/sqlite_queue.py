@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.placement.decision import Where
-from engine.service.errors import Conflict, NotFound, StorageError
+from engine.service.errors import Conflict, DatabaseBusy, NotFound, StorageError
 from engine.service.models import FINAL_STATES, Job, JobEvent, JobKind
 from engine.service.queue import JobQueue
 
@@ -72,6 +72,12 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 def _storage_error(error: sqlite3.Error) -> StorageError:
+    text = str(error).lower()
+    if isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        # Not a full disk nor a read-only file: another program (a backup, a database browser) holds the
+        # file's write lock; saying "free space" would send the user after the wrong cause.
+        return DatabaseBusy(f"the job database is locked by another program ({error}); close whatever has "
+                            "jobs.sqlite3 open for writing, or try again in a moment")
     return StorageError(f"the job database cannot be used now ({error}); free space under LIKENESS_HOME "
                         "or make jobs.sqlite3 writable, then try again")
 
@@ -81,11 +87,13 @@ def _now() -> str:
 
 
 class SqliteJobQueue(JobQueue):
-    def __init__(self, path: Path, keep_open: bool = False):
+    def __init__(self, path: Path, keep_open: bool = False, busy_timeout_s: float = 30):
         """`keep_open`: hold one idle connection for the queue's life (the service does). SQLite removes
         the -wal and -shm files when the last connection closes, and a reader must create them again,
-        which a full disk refuses: with one connection always open, reads never need to write."""
+        which a full disk refuses: with one connection always open, reads never need to write.
+        `busy_timeout_s`: how long a write waits for another process's write lock before DatabaseBusy."""
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
         self._keep_open = keep_open
         self._keeper: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file that has our schema
@@ -138,7 +146,7 @@ class SqliteJobQueue(JobQueue):
             self._ensure_schema()  # deleted or replaced while we ran: an empty queue, never a 500
         try:
             # timeout: wait for another process's write transaction instead of failing with "locked".
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
         except sqlite3.Error as error:
             raise _storage_error(error) from error
         db.row_factory = sqlite3.Row

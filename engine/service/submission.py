@@ -9,9 +9,13 @@ in a worker (a missing dataset, a finished run in the way).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -61,6 +65,17 @@ def _named_folder(home: Path, value: Path, field: str, parent: str) -> Path:
 def _not_in_use(queue: JobQueue, run_dir: str) -> None:
     if run_dir in queue.active_run_dirs():
         raise Conflict(f"{run_dir} is in use by a queued or running job")
+
+
+def _dataset_not_in_use(queue: JobQueue, home: Path, dataset: Path) -> None:
+    """Replacing a dataset under a train job that is queued or running would train it on the new one."""
+    real = Path(os.path.realpath(dataset))
+    for state in ("running", "queued"):
+        for job in queue.list(state=state, kind="train"):
+            data = job.config.get("data")
+            if isinstance(data, str) and Path(os.path.realpath(data)).is_relative_to(real):
+                raise Conflict(f"{relative(home, real)} is used by {state} job {job.id}; replace it once that job "
+                               "has ended, or prepare the photos under another name")
 
 
 def _not_empty(folder: Path) -> bool:
@@ -135,6 +150,8 @@ def _train(config: TrainConfig, home: Path, queue: JobQueue, model_roots: tuple[
     data = _inside(home, config.data, "config.data")
     if not data.is_dir():
         raise InvalidField("config.data", f"no dataset or photo folder at {relative(home, data)}")
+    if relative(home, data) in queue.active_run_dirs():  # a prep job is writing it now
+        raise Conflict(f"{relative(home, data)} is being prepared by a queued or running job; train once it is done")
     out = _named_folder(home, config.out, "config.out", RUNS)
     run_dir = relative(home, out)
     _not_in_use(queue, run_dir)
@@ -167,6 +184,7 @@ def _prep(config: PrepConfig, home: Path, queue: JobQueue, photo_roots: tuple[Pa
     out = _named_folder(home, config.out, "config.out", DATASETS)
     run_dir = relative(home, out)
     _not_in_use(queue, run_dir)
+    _dataset_not_in_use(queue, home, out)
     if _not_empty(out) and not config.force:
         raise Conflict(f"{run_dir} already exists; set force to replace it")
     return config.model_copy(update={**update, "out": out}), run_dir
@@ -212,12 +230,20 @@ def _check_loras(config: GenerateConfig, home: Path) -> None:
         raise InvalidField("config.lora", str(error)) from None
 
 
-def resume_config(job: Job, home: Path, where: Where | None = None) -> dict[str, Any]:
+def resume_config(job: Job, home: Path, where: Where | None = None, run_id: str | None = None) -> dict[str, Any]:
     """The config of a train job's next attempt: from the newest checkpoint, or over if it has none;
-    moved to the cloud when `where` is modal."""
+    moved to the cloud when `where` is modal.
+
+    `run_id`: the run this job last started (its newest "started" event says); when its folder now
+    holds another run (a later job replaced it), resuming would overwrite that run: a 409."""
     if job.kind != "train":
         raise Conflict(f"job {job.id} is a {job.kind} job; only train jobs resume (submit it again)")
     config = TrainConfig.model_validate(job.config)
+    if run_id is not None:
+        current = RunDir(config.out).read_run() or {}
+        if isinstance(current.get("run_id"), str) and current["run_id"] != run_id:
+            raise Conflict(f"{job.run_dir} now holds another run (started {current.get('started_at', '?')}), not "
+                           f"job {job.id}'s: resuming would overwrite it; train job {job.id}'s config under a new name")
     # A --force attempt that never took a step put back the run it was replacing: that run's
     # checkpoints are not this job's to resume from (job.progress is the job's newest step, any attempt).
     own_run = not config.force or job.progress is not None
@@ -229,26 +255,68 @@ def resume_config(job: Job, home: Path, where: Where | None = None) -> dict[str,
     return again.model_dump(mode="json")
 
 
+@contextlib.contextmanager
+def upload_lock(home: Path, name: str) -> Iterator[None]:
+    """One upload to a name at a time, from its checks until its prep is queued; a second is a 409."""
+    uploads = home / UPLOADS
+    uploads.mkdir(parents=True, exist_ok=True)
+    lock = os.open(uploads / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Conflict(f"another upload to {UPLOADS}/{name} is in progress; try again when it is done") from None
+        yield
+    finally:
+        os.close(lock)  # and with it the lock
+
+
 def store_upload(home: Path, name: str, files: list[tuple[str | None, BinaryIO]], max_files: int) -> Path:
-    """Write uploaded photos to uploads/NAME (replacing an earlier upload of that name)."""
+    """Write uploaded photos to uploads/NAME, replacing an earlier upload of that name only once all of
+    this one is written; every file is kept, under a name of its own (hold `upload_lock`)."""
     check_name(name, "dataset")
     if not files:
         raise InvalidField("files", "no files uploaded")
     if len(files) > max_files:
         raise TooLarge(f"{len(files)} files uploaded; the limit is {max_files}")
-    folder = home / UPLOADS / name
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    used: set[str] = set()
-    for index, (filename, handle) in enumerate(files):
-        # Only the last segment of the client's name, in plain characters: never a path of theirs.
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename or "").name).lstrip(".") or f"photo-{index}"
-        if safe in used:
-            safe = f"{index}-{safe}"
-        used.add(safe)
-        with (folder / safe).open("wb") as out:
-            shutil.copyfileobj(handle, out)
+    uploads = home / UPLOADS
+    uploads.mkdir(parents=True, exist_ok=True)
+    # Written beside its final place (same file system), then swapped in with renames.
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=uploads))
+    folder, old = uploads / name, uploads / f".{name}.old"
+    try:
+        for stored, (_, handle) in zip(upload_names([filename for filename, _ in files]), files, strict=True):
+            with (staging / stored).open("xb") as out:
+                shutil.copyfileobj(handle, out)
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def upload_names(filenames: list[str | None]) -> list[str]:
+    """A distinct, plain file name for each uploaded file, in order.
+
+    Only the last segment of the client's name, in plain characters (never a path of theirs),
+    bounded well under the file system's limit with its extension kept; a name already given gets
+    a number before the extension (`a.jpg`, `sub/a.jpg` -> `a.jpg`, `a-2.jpg`), so no file is lost."""
+    used: set[str] = set()
+    names = []
+    for index, filename in enumerate(filenames):
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename or "").name).lstrip(".") or f"photo-{index}"
+        stem, dot, ext = safe.rpartition(".") if "." in safe else (safe, "", "")
+        stem, ext = stem[:150] or "photo", ext[:16]
+        candidate, n = f"{stem}{dot}{ext}", 2
+        while candidate.lower() in used:
+            candidate, n = f"{stem}-{n}{dot}{ext}", n + 1
+        used.add(candidate.lower())
+        names.append(candidate)
+    return names
 
 
 def _prep_config(photos: Path, name: str, options: dict[str, Any]) -> PrepConfig:
@@ -295,8 +363,10 @@ def accept_upload(name: str, files: list[tuple[str | None, BinaryIO]], options: 
     config = _prep_config(Path(UPLOADS) / name, name, values)
     # The clashes are checked before the upload replaces anything of an earlier one.
     out = home / DATASETS / name
-    _not_in_use(queue, relative(home, out))
-    if _not_empty(out) and not config.force:
-        raise Conflict(f"{DATASETS}/{name} already exists; set force in options to replace it")
-    store_upload(home, name, files, max_files)
-    return accept("prep", config, home, queue)
+    with upload_lock(home, name):
+        _not_in_use(queue, relative(home, out))
+        _dataset_not_in_use(queue, home, out)
+        if _not_empty(out) and not config.force:
+            raise Conflict(f"{DATASETS}/{name} already exists; set force in options to replace it")
+        store_upload(home, name, files, max_files)
+        return accept("prep", config, home, queue)

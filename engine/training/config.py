@@ -7,6 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.errors import LikenessError
+from engine.prompts import fill
+
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 # numpy's generators take seeds below 2**32: a larger one fails minutes into a run.
 MAX_SEED = 2**32 - 1
@@ -125,11 +128,12 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _token_in_prompts(self) -> TrainConfig:
+        # Filled as plain text, never str.format: a format spec or an attribute in a prompt is refused here.
         for prompt in self.validation_prompts:
             try:
-                prompt.format(token=self.token, class_word=self.class_word)
-            except (KeyError, IndexError, ValueError) as error:
-                raise ValueError(f"validation prompt {prompt!r} has an unknown placeholder: {error}") from None
+                fill(prompt, {"token": self.token, "class_word": self.class_word})
+            except LikenessError as error:
+                raise ValueError(f"validation prompt {prompt[:80]!r}: {error}") from None
         return self
 
     @property
@@ -145,4 +149,4 @@ class TrainConfig(BaseModel):
         return f"a photo of {self.class_word}"
 
     def sample_prompts(self) -> list[str]:
-        return [p.format(token=self.token, class_word=self.class_word) for p in self.validation_prompts]
+        return [fill(p, {"token": self.token, "class_word": self.class_word}) for p in self.validation_prompts]

@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -635,6 +636,9 @@ class SDXLLoRATrainer:
             "seed": self.config.seed,
             "steps": self.config.steps,
             "memory_kind": memory_kind(self.placement),
+            # Which run this folder holds: kept by a resume, new when a run starts over (--force), so
+            # whoever started the run can tell it is still theirs (the service's resume checks it).
+            "run_id": (previous.get("run_id") if self.config.resume else None) or uuid.uuid4().hex,
             "started_at": previous.get("started_at", _now()) if self.config.resume else _now(),
             "wall_time_s_before_resume": previous.get("wall_time_s", 0.0) if self.config.resume else 0.0,
             "versions": versions,
