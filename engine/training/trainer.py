@@ -158,8 +158,6 @@ class SDXLLoRATrainer:
             self.unet.to(memory_format=torch.channels_last)
 
         self.attention = self._choose_attention()
-        if self.plan.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
         # peft draws the LoRA's initial weights from torch's global generator: seed it, or two runs
         # with the same seed would start from different LoRAs.
         torch.manual_seed(self.config.seed)
@@ -169,13 +167,31 @@ class SDXLLoRATrainer:
             for encoder in self.text_encoders:
                 encoder.add_adapter(LoraConfig(r=self.config.rank, lora_alpha=self.config.lora_alpha,
                                                init_lora_weights="gaussian", target_modules=TEXT_ENCODER_TARGET_MODULES))
-                if self.plan.gradient_checkpointing:
-                    encoder.gradient_checkpointing_enable()
+        if self.plan.gradient_checkpointing:
+            self._checkpoint_blocks()
         # Trainable LoRA weights stay fp32 even when the frozen weights are half precision:
         # the optimizer's small updates would vanish in fp16.
         self.trainable = [p for m in self._lora_models().values() for p in m.parameters() if p.requires_grad]
         for param in self.trainable:
             param.data = param.data.float()
+
+    def _checkpoint_blocks(self) -> None:
+        """Recompute in backward the blocks the plan names (every block where it names none)."""
+        from engine.training.checkpointing import (
+            TEXT_ENCODERS,
+            checkpoint_blocks,
+            text_encoder_layers,
+            unet_blocks,
+        )
+
+        blocks = unet_blocks(self.unet)
+        if self.config.train_text_encoder:
+            for name, encoder in zip(TEXT_ENCODERS, self.text_encoders, strict=True):
+                blocks.update(text_encoder_layers(encoder, name))
+        try:
+            checkpoint_blocks(blocks, self.plan.checkpointed if self.plan.checkpointed is not None else blocks)
+        except ValueError as error:
+            raise LikenessError(f"gradient checkpointing: {error} in this base model") from None
 
     def _choose_attention(self) -> str:
         wanted = self.config.attention
