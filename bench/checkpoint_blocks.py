@@ -152,31 +152,29 @@ def _text_step(encoder):
     return lambda: encoder(torch.zeros(1, 77, dtype=torch.long, device="meta"), output_hidden_states=True)
 
 
-def tiny_models() -> dict:
-    """The built-in tiny model's text encoders and UNet on the meta device, from its configs."""
-    import tempfile
-
+def tiny_models(path: Path | None = None) -> dict:
+    """The built-in tiny model's text encoders and UNet on the meta device, from its configs (in ``path``,
+    or built in likeness's models folder)."""
     import torch
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from engine.models.tiny import ensure_tiny_model
+    from engine.settings import Settings
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = ensure_tiny_model(Path(folder))
-        with torch.device("meta"):
-            return {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path / "unet")),
-                    "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(path / "text_encoder")),
-                    "text_encoder_2": CLIPTextModelWithProjection(
-                        CLIPTextConfig.from_pretrained(path / "text_encoder_2"))}
+    path = path or ensure_tiny_model(Settings().models_dir)
+    with torch.device("meta"):
+        return {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path / "unet")),
+                "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(path / "text_encoder")),
+                "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(path / "text_encoder_2"))}
 
 
-def measure(family: str = "sdxl") -> dict:
+def measure(family: str = "sdxl", tiny_path: Path | None = None) -> dict:
     """The table of ``family``: 'sdxl' (SDXL base 1.0's shapes) or 'tiny' (the built-in test model)."""
     from bench.gpu_bench import build_models
 
     started = time.perf_counter()
-    models = build_models(1.0, "meta") if family == "sdxl" else tiny_models()
+    models = build_models(1.0, "meta") if family == "sdxl" else tiny_models(tiny_path)
     with memory_efficient_attention():
         return _measure(family, models, started)
 

@@ -315,6 +315,12 @@ def _most_value(items: list[tuple[float, float]], capacity: float, steps: int = 
         if took[i][c]:
             chosen.add(i)
             c -= weights[i]
+    # What the rounding up left unused takes any item that still fits, the most value per weight first.
+    used = sum(items[i][1] for i in chosen)
+    for i in sorted(set(range(len(items))) - chosen, key=lambda i: -items[i][0] / max(items[i][1], 1e-12)):
+        if used + items[i][1] <= capacity:
+            chosen.add(i)
+            used += items[i][1]
     return chosen
 
 
