@@ -184,3 +184,12 @@ def test_partial_full_and_no_checkpointing_give_the_same_loss_curve(tmp_path, da
     assert any(("lora_B" in key or ".up." in key) and weight.abs().max() > 0 for key, weight in loras["on"].items())
     # Each mode recomputed what it said: none, some, every block (text-encoder layers included).
     assert not checkpointed["off"] and 0 < len(checkpointed[0.5]) < len(checkpointed["on"])
+
+
+def test_dry_run_names_a_text_encoders_consecutive_layers_as_one_range():
+    from engine.placement.decision import block_list
+
+    names = ["up_blocks.0.attentions.1", "text_encoder.layers.0", "text_encoder.layers.1",
+             "text_encoder_2.layers.3", "text_encoder_2.layers.4", "text_encoder_2.layers.6"]
+    assert block_list(names) == ("up_blocks.0.attentions.1, text_encoder.layers.0-1, text_encoder_2.layers.3-4, "
+                                 "text_encoder_2.layers.6")
