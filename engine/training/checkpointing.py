@@ -67,7 +67,7 @@ def checkpoint_blocks(blocks: dict, names: Iterable[str]) -> list[str]:
 
 def _recompute_in_backward(module) -> None:
     import torch
-    from torch.utils.checkpoint import checkpoint
+    import torch.utils.checkpoint
 
     if getattr(module, "_likeness_checkpointed", False):
         return
@@ -78,7 +78,9 @@ def _recompute_in_backward(module) -> None:
         # Not tied to train mode: the text encoders train in eval mode (no dropout either way).
         if torch.is_grad_enabled():
             # Non-reentrant: it takes keyword arguments, and recomputes under the autocast state it saw.
-            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            # Looked up at each call, like diffusers' own, so a wrapper installed later (the full-size
+            # simulator's) sees the recomputation too.
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
         return forward(*args, **kwargs)
 
     module.forward = checkpointed_forward
