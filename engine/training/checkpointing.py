@@ -16,7 +16,7 @@ table ``engine/training/data/sdxl_checkpoint_blocks.json``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 # The UNet's checkpointable blocks: the resnets and the attention (transformer) blocks of each stage.
 _UNET_BLOCK = re.compile(r"^(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.(resnets|attentions)\.\d+$")
@@ -45,11 +45,14 @@ def _forward_order(name: str) -> tuple:
     return (rank, *mid_index, *index, 0 if ".resnets." in name else 1)
 
 
-def checkpoint_blocks(blocks: dict, names: Iterable[str]) -> list[str]:
+def checkpoint_blocks(blocks: dict, names: Iterable[str], recompute: Callable | None = None) -> list[str]:
     """Make backward recompute each of ``names`` (keys of ``blocks``) instead of keeping its activations.
 
-    Returns the names checkpointed. An unknown name is an error: a plan made for another model's blocks
-    must not pass silently as checkpointing nothing.
+    ``recompute(function, *args, **kwargs)`` runs a block checkpointed, as diffusers'
+    ``_gradient_checkpointing_func`` does; default: torch's non-reentrant checkpoint. The full-size
+    simulator passes its own, which counts the recomputation too. Returns the names checkpointed. An
+    unknown name is an error: a plan made for another model's blocks must not pass silently as
+    checkpointing nothing.
     """
     chosen = list(names)
     unknown = [name for name in chosen if name not in blocks]
@@ -61,13 +64,19 @@ def checkpoint_blocks(blocks: dict, names: Iterable[str]) -> list[str]:
         # activations at a time, not the ten of an SDXL 1280-channel block.
         layers = getattr(block, "transformer_blocks", None)
         for unit in (layers if layers is not None else [block]):
-            _recompute_in_backward(unit)
+            _recompute_in_backward(unit, recompute or _torch_checkpoint)
     return chosen
 
 
-def _recompute_in_backward(module) -> None:
-    import torch
+def _torch_checkpoint(function, *args, **kwargs):
     import torch.utils.checkpoint
+
+    # Non-reentrant: it takes keyword arguments, and recomputes under the autocast state it saw.
+    return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False, **kwargs)
+
+
+def _recompute_in_backward(module, recompute: Callable) -> None:
+    import torch
 
     if getattr(module, "_likeness_checkpointed", False):
         return
@@ -77,10 +86,7 @@ def _recompute_in_backward(module) -> None:
         # Only where gradients are recorded: sampling and cached prompts (no_grad) run the plain forward.
         # Not tied to train mode: the text encoders train in eval mode (no dropout either way).
         if torch.is_grad_enabled():
-            # Non-reentrant: it takes keyword arguments, and recomputes under the autocast state it saw.
-            # Looked up at each call, like diffusers' own, so a wrapper installed later (the full-size
-            # simulator's) sees the recomputation too.
-            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            return recompute(forward, *args, **kwargs)
         return forward(*args, **kwargs)
 
     module.forward = checkpointed_forward

@@ -175,6 +175,10 @@ class SDXLLoRATrainer:
         for param in self.trainable:
             param.data = param.data.float()
 
+    # How a checkpointed block runs, (function, *args, **kwargs) -> output; None: torch's checkpoint. The
+    # full-size simulator sets its own, which counts the recomputation in backward.
+    recompute = None
+
     def _checkpoint_blocks(self) -> None:
         """Recompute in backward the blocks the plan names (every block where it names none)."""
         from engine.training.checkpointing import (
@@ -189,7 +193,8 @@ class SDXLLoRATrainer:
             for name, encoder in zip(TEXT_ENCODERS, self.text_encoders, strict=True):
                 blocks.update(text_encoder_layers(encoder, name))
         try:
-            checkpoint_blocks(blocks, self.plan.checkpointed if self.plan.checkpointed is not None else blocks)
+            checkpoint_blocks(blocks, self.plan.checkpointed if self.plan.checkpointed is not None else blocks,
+                              self.recompute)
         except ValueError as error:
             raise LikenessError(f"gradient checkpointing: {error} in this base model") from None
 
