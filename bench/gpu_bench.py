@@ -149,6 +149,36 @@ def save_model(target: Path, scale: float = 1.0, device: str = "cpu") -> float:
     return time.perf_counter() - started
 
 
+def save_configs(target: Path, scale: float = 1.0) -> Path:
+    """An SDXL diffusers folder with every config and both tokenizers but no weights (kilobytes): what
+    engine.training.full_size_sim reads, as it would a hub base's config files."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+    from engine.models.tiny import _byte_level_vocab
+
+    configs = sdxl_configs(scale)
+    vocab = _byte_level_vocab()
+    special = dict(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=1)
+    with torch.device("meta"):  # the models' own save_config writes exactly what from_config reads back
+        UNet2DConditionModel(**configs["unet"]).save_config(target / "unet")
+        AutoencoderKL(**configs["vae"]).save_config(target / "vae")
+    for name in ("text_encoder", "text_encoder_2"):
+        CLIPTextConfig(**configs[name], **special).save_pretrained(target / name)
+    EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                           steps_offset=1, timestep_spacing="leading").save_config(target / "scheduler")
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(target / "tokenizer")
+    CLIPTokenizer(vocab=dict(vocab), merges=[], model_max_length=77, pad_token="!").save_pretrained(target / "tokenizer_2")
+    index = {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.42.1", "force_zeros_for_empty_prompt": True,
+             "scheduler": ["diffusers", "EulerDiscreteScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "tokenizer_2": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"]}
+    (target / "model_index.json").write_text(json.dumps(index, indent=2))
+    return target
+
+
 @functools.cache
 def step_flops(scale: float = 1.0, batch: int = 1, resolution: int = RESOLUTION, rank: int = 16) -> float:
     """FLOPs of one LoRA training step of the UNet (forward and backward, no recomputation), counted by
