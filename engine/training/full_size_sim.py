@@ -235,6 +235,8 @@ class _SimulatedTrainer(SDXLLoRATrainer):
         self.counter, self.configs, self.forced_plan = counter, configs, plan
         self.free_gib, self.gpu_name = free_gib, gpu_name
         self.memory_meter = counter
+        # Checkpointing by block runs each checkpointed block through this (engine.training.checkpointing).
+        self.recompute = counter.checkpoint
 
     def _device_placement(self) -> Placement:
         dtype = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.config.mixed_precision]
