@@ -10,6 +10,10 @@ chooses on 8, 12, 16 and 24 GB cards. The memory is the estimate's (engine.train
 ends are the H200's measured steps with no and with full checkpointing; seconds a step are for the GPU
 benchmark (bench/gpu_bench.py runs these fractions).
 
+``--simulate`` also runs the full-size simulator (engine.training.full_size_sim, minutes per run on
+2 cores) for no, partial (the 12 GB card's auto plan) and full checkpointing, and records each phase's
+simulated peak beside the estimate: whether the blocks the table says free memory free it at full size.
+
 Writes bench/results/checkpointing-<time>.json.
 """
 
@@ -36,9 +40,48 @@ def _row(config, plan) -> dict:
             "required_gib": round(estimate.required_gib, 2), "checkpointed": list(plan.checkpointed)}
 
 
+def _simulate(config, plan, free: float) -> tuple[dict, float]:
+    from engine.training.full_size_sim import simulate_training
+
+    peaks = simulate_training(config, free, plan=plan)
+    return peaks.phases, peaks.seconds
+
+
+def simulated(plans: dict[str, tuple]) -> list[dict]:
+    """Each (config, plan, free GiB) run by the full-size simulator: its phases' peaks beside the estimate's.
+    Each in a fresh process: a simulation leaves autocast and mode state behind that a second one in the
+    same process trips over."""
+    import multiprocessing
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bench.gpu_bench import save_configs
+    from engine.training.memory_plan import estimate_phases
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        base = save_configs(Path(folder) / "sdxl")
+        for name, (config, plan, free) in plans.items():
+            config = config.model_copy(update={"base": str(base)})
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                phases, seconds = pool.submit(_simulate, config, plan, free).result()
+            rows.append({"plan": name, "savers": plan.savers(), "recompute_share": round(plan.share, 4),
+                         "free_gib": free, "simulated_phase_peak_gib": phases,
+                         "estimated_phase_peak_gib": estimate_phases(config, plan).phases,
+                         "seconds": round(seconds)})
+            print(f"  simulated {name}: {phases} ({seconds:.0f} s)", flush=True)
+    return rows
+
+
 def main() -> None:
+    import argparse
+
     from engine.training.config import TrainConfig
     from engine.training.memory_plan import block_table, choose_plan
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--simulate", action="store_true", help="also run the full-size simulator (minutes)")
+    args = parser.parse_args()
 
     report: dict = {"benchmark": "checkpointing", "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "resolution": 1024, "lora_rank": 16, "memory": "estimated (engine.training.memory_plan)",
@@ -63,6 +106,14 @@ def main() -> None:
                   f"forward), loop {row['loop_peak_gib']:.2f} GiB, run {row['run_peak_gib']:.2f} GiB")
         for row in cards:
             print(f"  {row['card']:5s} ({row['free_gib']} GiB free): {row['savers']}")
+    if args.simulate:
+        base = dict(data=Path("photos"), out=Path("run"), resolution=1024, rank=16)
+        twelve = CARDS_GIB["12 GB"]
+        plans = {mode: (TrainConfig(**base, gradient_checkpointing=mode), twelve) for mode in ("off", "auto", "on")}
+        report["simulated"] = simulated({
+            "none": (plans["off"][0], choose_plan(plans["off"][0], 80.0), 80.0),
+            "12 GB auto (partial)": (plans["auto"][0], choose_plan(plans["auto"][0], twelve), twelve),
+            "every block": (plans["on"][0], choose_plan(plans["on"][0], twelve), twelve)})
     path = save_report("checkpointing", report)
     print(f"saved {path}")
 
