@@ -9,7 +9,7 @@
    the CPU (the tests do), and `scale 1` is checked against SDXL's parameter counts.
 2. Runs `likeness train` on it at 1024 px in a fresh process per variant: the savers chosen
    automatically (with sample grids), checkpointing on (the 8 GB-card setting, with sample grids),
-   batch 2 and 4, regional torch.compile, channels-last. Each run's run.json gives every phase's peak
+   checkpointing by block at 0.25, 0.5 and 0.75 of full checkpointing's recomputation, batch 2 and 4, regional torch.compile, channels-last. Each run's run.json gives every phase's peak
    (torch.cuda.max_memory_allocated), the savers and the estimate it was planned with; its grids'
    JSON the seconds per grid image at the sample batch the plan chose (the whole grid of 6 without
    checkpointing, one image at a time with it).
@@ -51,6 +51,11 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 VARIANTS = {
     "auto": ["--steps", "30", "--sample-every", "30"],
     "checkpointing on": ["--steps", "10", "--sample-every", "10", "--gradient-checkpointing", "on"],
+    # Checkpointing by block: the blocks that free the most for a quarter, half and three quarters of
+    # full checkpointing's recomputation (a 12 GB card's auto plan recomputes 39 %).
+    "checkpointing 0.25": ["--steps", "10", "--sample-every", "0", "--gradient-checkpointing", "0.25"],
+    "checkpointing 0.5": ["--steps", "10", "--sample-every", "0", "--gradient-checkpointing", "0.5"],
+    "checkpointing 0.75": ["--steps", "10", "--sample-every", "0", "--gradient-checkpointing", "0.75"],
     "batch 2": ["--steps", "8", "--sample-every", "0", "--batch-size", "2"],
     "batch 4": ["--steps", "8", "--sample-every", "0", "--batch-size", "4"],
     "compile": ["--steps", "12", "--sample-every", "0", "--compile"],
@@ -144,6 +149,36 @@ def save_model(target: Path, scale: float = 1.0, device: str = "cpu") -> float:
     return time.perf_counter() - started
 
 
+def save_configs(target: Path, scale: float = 1.0) -> Path:
+    """An SDXL diffusers folder with every config and both tokenizers but no weights (kilobytes): what
+    engine.training.full_size_sim reads, as it would a hub base's config files."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+    from engine.models.tiny import _byte_level_vocab
+
+    configs = sdxl_configs(scale)
+    vocab = _byte_level_vocab()
+    special = dict(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=1)
+    with torch.device("meta"):  # the models' own save_config writes exactly what from_config reads back
+        UNet2DConditionModel(**configs["unet"]).save_config(target / "unet")
+        AutoencoderKL(**configs["vae"]).save_config(target / "vae")
+    for name in ("text_encoder", "text_encoder_2"):
+        CLIPTextConfig(**configs[name], **special).save_pretrained(target / name)
+    EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                           steps_offset=1, timestep_spacing="leading").save_config(target / "scheduler")
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(target / "tokenizer")
+    CLIPTokenizer(vocab=dict(vocab), merges=[], model_max_length=77, pad_token="!").save_pretrained(target / "tokenizer_2")
+    index = {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.42.1", "force_zeros_for_empty_prompt": True,
+             "scheduler": ["diffusers", "EulerDiscreteScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "tokenizer_2": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"]}
+    (target / "model_index.json").write_text(json.dumps(index, indent=2))
+    return target
+
+
 @functools.cache
 def step_flops(scale: float = 1.0, batch: int = 1, resolution: int = RESOLUTION, rank: int = 16) -> float:
     """FLOPs of one LoRA training step of the UNet (forward and backward, no recomputation), counted by
@@ -169,6 +204,17 @@ def step_flops(scale: float = 1.0, batch: int = 1, resolution: int = RESOLUTION,
                                       "time_ids": torch.randn(batch, 6, **meta)}).sample
         out.float().pow(2).mean().backward()
     return float(counter.get_total_flops())
+
+
+def _recomputed_flops(savers: dict, batch: int) -> float:
+    """The forward FLOPs a step recomputes with these savers at 1024 px (the per-block table's counts)."""
+    from engine.training.memory_plan import block_table
+
+    blocks = block_table()["unet_blocks"]
+    names = savers.get("checkpointed_blocks")
+    if names is None:  # a record from before checkpointing by block: all or nothing
+        names = [b["name"] for b in blocks] if savers["gradient_checkpointing"] else []
+    return batch * sum(b["flops"] + b["flops_quadratic"] for b in blocks if b["name"] in set(names))
 
 
 def _peak_tflops(gpu: str, override: float | None) -> float | None:
@@ -310,13 +356,16 @@ def main() -> None:
                 continue
             flops = step_flops(1.0, row["batch_size"])
             row["tflop_per_step"] = round(flops / 1e12, 2)
+            row["recomputed_tflop_per_step"] = round(_recomputed_flops(row["savers"], row["batch_size"]) / 1e12, 2)
             row["mfu"] = round(flops / row["median_s_per_step"] / (peak * 1e12), 4) if peak else None
             runs.append(row)
             phases = ", ".join(f"{k} {v:.2f}" for k, v in row["phase_peak_memory_gib"].items())
             grid = (f"  grids: {row['sampling']['s_per_grid_image']:.2f} s/image at sample batch "
                     f"{row['sampling']['sample_batch']}" if row["sampling"] else "")
+            share = row["savers"].get("recompute_share")
+            share = (1.0 if row["savers"]["gradient_checkpointing"] else 0.0) if share is None else share
             print(f"train {name:18s} {row['median_s_per_step']:.3f} s/step  MFU {row['mfu']}  "
-                  f"savers: {row['savers']['gradient_checkpointing'] and 'ckpt' or 'no ckpt'}, "
+                  f"savers: ckpt {share:.0%} of full, "
                   f"{row['savers']['optimizer']}  peaks GiB: {phases}{grid}", flush=True)
         report["train"] = runs
 

@@ -142,7 +142,7 @@ def test_dry_run_prints_each_phase_peak_and_the_savers_chosen(capsys, tmp_path, 
     assert "savers: gradient checkpointing off, torch AdamW, sample batch 6 (" in out
     assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--dry-run", "--gpu", "A10G",
                  "--gradient-checkpointing"]) == 0
-    assert "savers: gradient checkpointing on, torch AdamW, sample batch 1 (needs" in capsys.readouterr().out
+    assert "savers: gradient checkpointing on (every block, recomputes 95 % of the forward), torch AdamW, sample batch 1 (needs" in capsys.readouterr().out
 
 
 def test_every_phase_is_reported():

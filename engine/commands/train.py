@@ -44,9 +44,11 @@ def register(subparsers) -> None:
          help="auto = bf16/fp16 on CUDA, fp32 on CPU")
     flag(p, "--optimizer", choices=["auto", "adamw8bit", "adamw"],
          help="auto (default): torch AdamW unless the run needs 8-bit AdamW's smaller state to fit")
-    flag(p, "--gradient-checkpointing", dest="gradient_checkpointing", choices=["auto", "on", "off"], nargs="?",
-         const="on", help="recompute activations to save memory, 2.2x slower a step; auto (default): on only "
-                          "where the run does not fit the device's free memory without it")
+    flag(p, "--gradient-checkpointing", dest="gradient_checkpointing", metavar="auto|on|off|FRACTION", nargs="?",
+         const="on", help="recompute activations in backward to save memory, block by block (every block: 2.2x "
+                          "slower a step); auto (default): as few blocks as the run needs to fit the device's free "
+                          "memory; a FRACTION 0-1: the blocks that free most while recomputing at most that share "
+                          "of what every block would")
     p.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_const", const="off",
                    default=argparse.SUPPRESS, help="same as --gradient-checkpointing off")
     p.add_argument("--compile", dest="compile_unet", default=argparse.SUPPRESS, action=argparse.BooleanOptionalAction,
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         if required not in vars(args) and args.config is None:
             raise LikenessError(f"--{required} is required")
     config = build_config(TrainConfig, args)
+    if args.vram is not None and not args.dry_run:
+        raise LikenessError("--vram plans for a card this machine may not have: it goes with --dry-run")
     if args.server:
         from engine.service.client import run_remote
 

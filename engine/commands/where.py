@@ -18,6 +18,9 @@ def add_where_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", choices=GPU_NAMES, default=None, help="run on this Modal GPU (implies --where modal)")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true",
                         help="print the decision (memory estimate, where, GPU, time and cost) and stop")
+    parser.add_argument("--vram", type=float, metavar="GIB", default=None,
+                        help="with --dry-run: plan as if this machine had a CUDA card with GIB free (a card you "
+                             "might buy, or another machine's)")
     parser.add_argument("--continue-on-modal", dest="continue_on_modal", action="store_true",
                         help="if a local run runs out of GPU memory, carry on on Modal from its last checkpoint")
 
@@ -35,9 +38,22 @@ def decide_for(config, args: argparse.Namespace):
     # Asking CUDA loads torch (seconds); the tiny model and --device cpu stay here whatever it says.
     look = config.device != "cpu" and model_family(config) != "tiny"
     gpus = detect_local_gpus() if look else []
+    vram = getattr(args, "vram", None)
+    if vram is not None:
+        gpus = [simulated_card(vram)]
     # A run on this machine's CPU chooses its savers against the RAM available (psutil: no torch).
     host_free = _ram_free_gib() if not gpus else None
     return decide(config, args.where, args.gpu, gpus, host_free_gib=host_free)
+
+
+def simulated_card(free_gib: float):
+    """The card ``--vram`` plans for: this much free (and as much in all), no name a speed is known by."""
+    from engine.errors import LikenessError
+    from engine.placement.gpus import LocalGpu
+
+    if not 0 < free_gib <= 4096:
+        raise LikenessError(f"--vram: a card's free memory in GiB, more than 0, got {free_gib:g}")
+    return LocalGpu(0, f"a card with {free_gib:g} GiB free (--vram)", free_gib, free_gib)
 
 
 def _ram_free_gib() -> float | None:

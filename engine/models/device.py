@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import sys
 from dataclasses import dataclass
+from typing import Protocol
 
 from engine.errors import LikenessError
 
@@ -80,28 +81,58 @@ def free_memory_gib(placement: Placement) -> float | None:
     return psutil.virtual_memory().available / 2**30
 
 
+class MemoryMeter(Protocol):
+    """Where a phase's peak comes from: CUDA's allocator, or engine.training.full_size_sim's count."""
+
+    def reset_peak(self) -> None:
+        """Start a new peak from what is allocated now."""
+
+    def peak_mb(self) -> float:
+        """The most allocated since the last reset, in MB."""
+
+
+class CudaMeter:
+    """torch.cuda's own peak allocation on ``placement``'s card."""
+
+    def __init__(self, placement: Placement):
+        self.placement = placement
+
+    def reset_peak(self) -> None:
+        reset_peak_memory(self.placement)
+
+    def peak_mb(self) -> float:
+        return peak_memory_mb(self.placement)
+
+
 class PhasePeaks:
     """Each phase's peak memory in MB: CUDA's peak allocation, reset at every phase boundary.
 
     On the CPU the only figure is the process's peak resident size, which never goes down, so it
-    says nothing about one phase: phases are not recorded there.
+    says nothing about one phase: phases are not recorded there. ``meter``: where the peaks come from
+    (the simulator counts a card that is not there).
     """
 
-    def __init__(self, placement: Placement):
+    def __init__(self, placement: Placement, meter: MemoryMeter | None = None):
         self.placement = placement
+        self.meter = meter if meter is not None else CudaMeter(placement)
         self.peaks_mb: dict[str, float] = {}
         self.current: str | None = None
 
     def enter(self, phase: str) -> None:
         self.close()
         self.current = phase
-        reset_peak_memory(self.placement)
+        if self.placement.is_cuda:
+            self.meter.reset_peak()
 
     def close(self) -> None:
         if self.current is not None and self.placement.is_cuda:
-            peak = round(peak_memory_mb(self.placement), 1)
+            peak = round(self.meter.peak_mb(), 1)
             self.peaks_mb[self.current] = max(self.peaks_mb.get(self.current, 0.0), peak)
         self.current = None
+
+    def peak_mb(self) -> float:
+        """The peak so far: this phase's on CUDA, the process's on the CPU."""
+        return self.meter.peak_mb() if self.placement.is_cuda else peak_memory_mb(self.placement)
 
     def whole_run_mb(self) -> float:
         """The run's peak: the largest phase on CUDA, the process's peak on the CPU."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -77,10 +78,12 @@ class TrainConfig(BaseModel):
         description="bitsandbytes 8-bit AdamW (a quarter of the optimizer memory, a little slower) or torch AdamW; "
         "auto = torch AdamW unless the run needs the memory (engine.training.memory_plan.choose_plan).",
     )
-    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+    gradient_checkpointing: Literal["auto", "on", "off"] | Annotated[float, Field(ge=0, le=1)] = Field(
         default="auto",
-        description="Recompute activations in backward: saves gigabytes, costs 2.2x a step. auto = off when the run "
-        "fits the device's free memory without it, else on.",
+        description="Recompute activations in backward, block by block: saves gigabytes, costs up to 2.2x a step "
+        "(every block). auto = as few blocks as the run needs to fit the device's free memory (none when it fits "
+        "without); on = every block; off = none; a fraction 0-1 = the blocks that free the most memory while "
+        "recomputing at most that share of what checkpointing every block does.",
     )
     compile_unet: bool = Field(
         default=False,
@@ -115,9 +118,19 @@ class TrainConfig(BaseModel):
 
     @field_validator("gradient_checkpointing", mode="before")
     @classmethod
-    def _checkpointing_from_bool(cls, value):
+    def _checkpointing_word_or_fraction(cls, value):
         # Config files and API clients written before 'auto' say true/false: they mean on/off.
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if value in ("auto", "on", "off"):
+            return value
+        try:
+            fraction = float(value)  # the CLI passes its text; a config file a number
+        except (TypeError, ValueError):
+            fraction = math.nan
+        if not 0 <= fraction <= 1:  # NaN fails this too
+            raise ValueError(f"must be auto, on, off or a fraction from 0 to 1, got {value!r}")
+        return fraction
 
     @field_validator("resolution")
     @classmethod

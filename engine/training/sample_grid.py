@@ -67,8 +67,11 @@ def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolutio
     cells = [(index, seed) for index in range(len(prompts)) for seed in seeds]
     device = pipe.unet.device
     dtype = pipe.unet.dtype
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+    def autocast():
+        # A fresh context each batch: the full-size simulator's autocast, like most context managers, is single-use.
+        return (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
+
     drawn: list[Image.Image] = []
     for start in range(0, len(cells), batch):
         chunk = cells[start:start + batch]
@@ -93,7 +96,7 @@ def render_images(pipe, prompts: list[str], seeds: tuple[int, ...], *, resolutio
             kwargs["prompt"] = [prompts[index] for index, _ in chunk]
         if decode is not None:
             kwargs["output_type"] = "latent"
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast():
             output = pipe(**kwargs).images
         # The decode runs outside autocast: the VAE stays in its own (fp32) precision.
         drawn += ([decode(output[k:k + 1]) for k in range(size)] if decode is not None

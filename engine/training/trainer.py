@@ -41,7 +41,6 @@ from engine.models.device import (
     choose_placement,
     free_memory_gib,
     memory_kind,
-    peak_memory_mb,
 )
 from engine.models.lora_files import (
     TEXT_ENCODER_TARGET_MODULES,
@@ -118,19 +117,32 @@ class SDXLLoRATrainer:
         # A raw photo folder goes through prep first, into the run directory, unless told otherwise.
         self.needs_prep = self.config.prep and not is_prepared_dataset(self.config.data)
         self.dataset = self.run_dir.dataset if self.needs_prep else self.config.data
-        self.placement = choose_placement(self.config.device, self.config.mixed_precision)
+        self.placement = self._device_placement()
         if self.config.resume and not self.run_dir.checkpoint_steps():
             raise LikenessError(f"--resume: {self.config.out} has no checkpoint to resume from")
         if self.config.compile_unet and not self.placement.is_cuda:
             raise LikenessError("--compile needs a CUDA GPU (compiling for the CPU needs a C++ toolchain and gains little)")
         # Savers are a means, not a default: on only where this device's free memory needs them.
-        free = free_memory_gib(self.placement)
+        free = self._free_memory_gib()
         self.plan = choose_plan(self.config, free, on_cpu=not self.placement.is_cuda,
                                 optimizer_of_resumed_run=self._resumed_optimizer())
         check_fits_in_ram(self.config, self.plan, self.placement, free)
         # The run directory is created last, once everything above holds.
         if not self.config.resume:
             self.replacing = self.run_dir.prepare_for_new_run(self.config.force, preps_dataset=self.needs_prep)
+
+    # The seam engine.training.full_size_sim runs this trainer through: the device, its free memory, its
+    # peak-memory meter and the pipeline's loading are the only things a simulated card replaces.
+    memory_meter = None  # None: CUDA's own allocator statistics
+
+    def _device_placement(self) -> Placement:
+        return choose_placement(self.config.device, self.config.mixed_precision)
+
+    def _free_memory_gib(self) -> float | None:
+        return free_memory_gib(self.placement)
+
+    def _load_pipeline(self, torch_dtype: dict):
+        return load_sdxl_pipeline(self.base, torch_dtype=torch_dtype)
 
     def _resumed_optimizer(self) -> str | None:
         """The optimizer whose state the newest checkpoint holds: a resumed run must keep it."""
@@ -171,7 +183,7 @@ class SDXLLoRATrainer:
         self.weight_dtype = getattr(torch, placement.weight_dtype)
         # Straight into the training dtype: an fp32 UNet first would take 10 GB of RAM on its own. The
         # VAE stays fp32: SDXL's VAE overflows in fp16. Everything stays on the CPU until its phase.
-        self.pipe = load_sdxl_pipeline(self.base, torch_dtype={"default": self.weight_dtype, "vae": torch.float32})
+        self.pipe = self._load_pipeline({"default": self.weight_dtype, "vae": torch.float32})
         pipe = self.pipe
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoders = [pipe.text_encoder, pipe.text_encoder_2]
@@ -182,8 +194,6 @@ class SDXLLoRATrainer:
             self.unet.to(memory_format=torch.channels_last)
 
         self.attention = self._choose_attention()
-        if self.plan.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
         # peft draws the LoRA's initial weights from torch's global generator: seed it, or two runs
         # with the same seed would start from different LoRAs.
         torch.manual_seed(self.config.seed)
@@ -193,13 +203,36 @@ class SDXLLoRATrainer:
             for encoder in self.text_encoders:
                 encoder.add_adapter(LoraConfig(r=self.config.rank, lora_alpha=self.config.lora_alpha,
                                                init_lora_weights="gaussian", target_modules=TEXT_ENCODER_TARGET_MODULES))
-                if self.plan.gradient_checkpointing:
-                    encoder.gradient_checkpointing_enable()
+        if self.plan.gradient_checkpointing:
+            self._checkpoint_blocks()
         # Trainable LoRA weights stay fp32 even when the frozen weights are half precision:
         # the optimizer's small updates would vanish in fp16.
         self.trainable = [p for m in self._lora_models().values() for p in m.parameters() if p.requires_grad]
         for param in self.trainable:
             param.data = param.data.float()
+
+    # How a checkpointed block runs, (function, *args, **kwargs) -> output; None: torch's checkpoint. The
+    # full-size simulator sets its own, which counts the recomputation in backward.
+    recompute = None
+
+    def _checkpoint_blocks(self) -> None:
+        """Recompute in backward the blocks the plan names (every block where it names none)."""
+        from engine.training.checkpointing import (
+            TEXT_ENCODERS,
+            checkpoint_blocks,
+            text_encoder_layers,
+            unet_blocks,
+        )
+
+        blocks = unet_blocks(self.unet)
+        if self.config.train_text_encoder:
+            for name, encoder in zip(TEXT_ENCODERS, self.text_encoders, strict=True):
+                blocks.update(text_encoder_layers(encoder, name))
+        try:
+            checkpoint_blocks(blocks, self.plan.checkpointed if self.plan.checkpointed is not None else blocks,
+                              self.recompute)
+        except ValueError as error:
+            raise LikenessError(f"gradient checkpointing: {error} in this base model") from None
 
     def _choose_attention(self) -> str:
         wanted = self.config.attention
@@ -294,7 +327,7 @@ class SDXLLoRATrainer:
         self.curves_drawn_at = -float("inf")
         record = self._run_record(len(images), status="running")
         run.write_run(record)
-        self.phases = PhasePeaks(placement)
+        self.phases = PhasePeaks(placement, self.memory_meter)
 
         # Caching latents and embeddings can run out of memory as surely as a step can.
         try:
@@ -413,7 +446,7 @@ class SDXLLoRATrainer:
                 recent = sorted(step_times[-20:])[len(step_times[-20:]) // 2]  # median: robust to sampling pauses
                 lr = lr_scheduler.get_last_lr()[0]
                 row = {"step": step, "loss": loss_value, "lr": lr, "seconds_per_step": seconds,
-                       "peak_memory_mb": round(peak_memory_mb(placement), 1)}
+                       "peak_memory_mb": round(self.phases.peak_mb(), 1)}
                 sampled = config.sample_every and (step % config.sample_every == 0 or step == config.steps)
                 if sampled:
                     measures = self._save_samples(step, sample_embeds)
