@@ -18,6 +18,9 @@ import requests
 
 from tests.service_helpers import Service, train_config
 
+# What our own clients send with a form post to a tokenless service (a web page cannot add it).
+OUR_CLIENT = {"X-Likeness-Client": "1"}
+
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, photos, dataset):
@@ -40,7 +43,7 @@ def test_a_name_the_listing_cannot_read_back_is_refused_at_submit(service, name)
     assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "config.out", answer.text
     answer = service.post("/jobs", json={"kind": "prep", "config": {"photos": "photos", "out": f"datasets/{name}"}})
     assert answer.status_code == 422, answer.text
-    answer = service.post(f"/datasets/{name}/upload", files={"files": ("a.jpg", b"x")})
+    answer = service.post(f"/datasets/{name}/upload", files={"files": ("a.jpg", b"x")}, headers=OUR_CLIENT)
     assert answer.status_code == 422, answer.text
     assert not (service.home / "runs" / name).exists() and not (service.home / "uploads" / name).exists()
 
@@ -64,7 +67,7 @@ def test_a_streamed_body_over_the_limit_says_413_once(service):
 
 
 def test_upload_options_nested_100000_deep_are_a_4xx(service):
-    answer = service.post("/datasets/deep/upload", files={"files": ("a.jpg", b"x")},
+    answer = service.post("/datasets/deep/upload", files={"files": ("a.jpg", b"x")}, headers=OUR_CLIENT,
                           data={"options": "[" * 100_000 + "]" * 100_000})
     assert answer.status_code == 422 and "options" in answer.text, answer.text
 
