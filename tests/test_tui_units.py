@@ -100,12 +100,15 @@ def test_a_config_error_names_the_form_field():
 
 
 def test_in_a_browser_pictures_are_coloured_half_blocks_not_a_grey_ramp():
-    """textual-serve runs the app on a pipe, where textual-image would fall back to greyscale characters."""
-    from textual_image.widget import Image, UnicodeImage
+    """textual-serve runs the app on a pipe, where textual-image falls back to greyscale characters.
 
-    from tui.widgets.picture import image_widget_class
+    Asked in a child whose stdout is a pipe, as under `likeness web` (pytest's own capture may or may
+    not leave a terminal behind, depending on -s).
+    """
+    import subprocess
+    import sys
 
-    if Image is UnicodeImage:  # stdout is not a terminal here, as under textual-serve
-        assert image_widget_class().__name__ == "HalfcellImage"
-    else:
-        assert image_widget_class() is Image
+    chosen = subprocess.run(
+        [sys.executable, "-c", "from tui.widgets.picture import image_widget_class as c; print(c().__name__)"],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=True, timeout=60)
+    assert chosen.stdout.strip() == "HalfcellImage"
