@@ -37,6 +37,21 @@ def test_sweep_text_splits_on_semicolons_and_lines():
     assert all("{" in prompt for prompt, _ in PRESETS.values())
 
 
+def test_two_sweeps_need_no_semicolon_between_them():
+    """The obvious spellings a newcomer types all mean two sweeps."""
+    from engine.generation.sweeps import parse_sweep, split_sweeps
+
+    two = ["lora_scale=0,0.5,1", "temperature=0,0.5,1"]
+    for text in ("lora_scale=0,0.5,1 temperature=0,0.5,1", "lora_scale=0,0.5,1; temperature=0,0.5,1",
+                 "lora_scale=0, 0.5, 1  temperature = 0,0.5,1", "lora_scale=0,0.5,1,\ntemperature=0,0.5,1"):
+        assert split_sweeps(text) == two, text
+        assert [parse_sweep(part)[0] for part in parse_sweeps(text)] == ["lora_scale", "temperature"]
+    assert split_sweeps("hair=red hair,grey hair age=5,80") == ["hair=red hair,grey hair", "age=5,80"]
+    # The seed's strength × temperature grid is one preset away.
+    prompt, sweeps = PRESETS["strength-temperature"]
+    assert [parse_sweep(part)[0] for part in parse_sweeps(sweeps)] == ["lora_scale", "temperature"]
+
+
 def test_eta_reads_as_minutes_or_hours():
     assert format_eta(None) == "–"
     assert format_eta(75) == "1:15"
