@@ -76,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
         result = generate(config, Settings(), on_event=progress)
     finally:
         progress.close()
+    # The grids' paths were logged as they were written ("grid: …"); printing them again doubled them.
     print(f"{len(result.images)} images in {result.out / 'images'}")
-    for grid in result.grids:
-        print(f"grid: {grid}")
     return 0

@@ -117,7 +117,7 @@ class GenerateScreen(EngineScreen):
         except LikenessError as error:
             self.notify(str(error), severity="error")
             return
-        self.job_id, self.state = None, None
+        self.job_id, self.state, self.lora_text = None, None, None
         self.query_one("#progress", ProgressBar).update(total=100, progress=0)
         self._status(f"sending the request for {run}…")
         self.call_engine(lambda: self.link.generate(run, config, sweeps), self._submitted,
@@ -143,6 +143,10 @@ class GenerateScreen(EngineScreen):
         elif event.kind == "progress":
             self.query_one("#progress", ProgressBar).update(total=event.data["total"], progress=event.data["step"])
             self._status(f"job {event.job_id} running: image {event.data['step']}/{event.data['total']}")
+        elif event.kind == "log" and event.data.get("message", "").startswith("drawing with"):
+            # Which LoRA file and step the grid is drawn with: shown from here to the end.
+            self.lora_text = event.data["message"]
+            self._status(f"job {event.job_id}: {self.lora_text}")
         elif event.kind == "done":
             self.state = "done"
             grids = (event.data.get("result") or {}).get("grids") or []
@@ -152,7 +156,8 @@ class GenerateScreen(EngineScreen):
                 self.query_one("#grid-path", Input).value = f"{home}/{path}" if home else path
                 self.call_engine(lambda: self.link.file_bytes(grids[0]["url"]),
                                  lambda data: self.query_one("#grid", Picture).show(data))
-            self._status(f"job {event.job_id} done: {len(grids)} grid(s); f shows it full-screen, c copies its path")
+            self._status(f"job {event.job_id} done: {len(grids)} grid(s); f shows it full-screen, c copies its path"
+                         + (f"\n{self.lora_text}" if getattr(self, "lora_text", None) else ""))
         elif event.kind in ("failed", "cancelled", "interrupted"):
             self.state = event.kind
             self._status(f"job {event.job_id} {event.kind}: {event.data.get('reason', '')}")
