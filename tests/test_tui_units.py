@@ -127,3 +127,35 @@ def test_in_a_browser_pictures_are_coloured_half_blocks_not_a_grey_ramp():
         [sys.executable, "-c", "from tui.widgets.picture import image_widget_class as c; print(c().__name__)"],
         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=True, timeout=60)
     assert chosen.stdout.strip() == "HalfcellImage"
+
+
+def test_folder_picker_hides_dotfiles_and_goes_up_to_other_folders(tmp_path):
+    import asyncio
+
+    from textual.app import App
+    from textual.widgets import DirectoryTree
+
+    from tui.screens.folder_picker import FolderPicker
+
+    start = tmp_path / "home" / "me"
+    (start / ".cache").mkdir(parents=True)
+    (start / "Pictures").mkdir()
+    (tmp_path / "other-disk").mkdir()
+
+    async def walk() -> None:
+        app = App()
+        async with app.run_test(size=(120, 40)) as pilot:
+            picker = FolderPicker(start)
+            await app.push_screen(picker)
+            tree = picker.query_one("#tree", DirectoryTree)
+            await pilot.pause(0.5)
+            assert [child.label.plain for child in tree.root.children] == ["Pictures"]
+            await pilot.press("backspace", "backspace")  # up twice: where the other disk is
+            await pilot.pause(0.5)
+            assert Path(tree.path) == tmp_path
+            assert "other-disk" in [child.label.plain for child in tree.root.children]
+            await pilot.press("ctrl+r")
+            await pilot.pause(0.2)
+            assert Path(tree.path) == Path("/")
+
+    asyncio.run(walk())
