@@ -159,3 +159,19 @@ def test_folder_picker_hides_dotfiles_and_goes_up_to_other_folders(tmp_path):
             assert Path(tree.path) == Path("/")
 
     asyncio.run(walk())
+
+
+def test_train_plan_says_modal_is_not_set_up_before_starting_and_offers_tiny():
+    from engine.errors import LikenessError
+    from tui.engine_link import EngineLink
+
+    link = EngineLink(client=None)
+    no_gpu = {"gpu_name": None, "ram_available_mb": 16_000, "modal_configured": False}
+    sdxl = {"base": "stabilityai/stable-diffusion-xl-base-1.0", "resolution": 1024, "steps": 500, "rank": 16}
+    with pytest.raises(LikenessError) as refused:
+        link.plan(sdxl, no_gpu)
+    assert "modal token new" in str(refused.value) and "tiny" in str(refused.value)
+    _, line = link.plan({**sdxl, "base": "tiny", "resolution": 64, "steps": 30}, no_gpu)  # what it offers works
+    assert "CPU" in line
+    _, line = link.plan(sdxl, {**no_gpu, "modal_configured": True})
+    assert "modal" in line
