@@ -192,17 +192,27 @@ def test_generate_defaults_to_the_recommended_checkpoint_and_says_so(trained_run
                                 "memorisation": 0.2}
     RunDir(run).write_run(record)
     assert main(["generate", "--lora", str(run), "--steps", "2", "--out", str(tmp_path / "gen")]) == 0
-    assert "using step 3, the run's recommended checkpoint (step 3 looks most like" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "using step 3, the run's recommended checkpoint (step 3 looks most like" in said.err
+    # Which file and which step it drew with, in so many words; each grid's path once.
+    checkpoint = (run / "checkpoints" / "step-000003" / "lora.safetensors").resolve()
+    assert f"drawing with LoRA {checkpoint} (step 3, the run's recommended step)" in said.err
+    assert (said.out + said.err).count("grid: ") == 1
     sidecar = json.loads((tmp_path / "gen" / "images" / "0000.json").read_text())
     assert sidecar["checkpoint_step"] == 3
     assert sidecar["lora"] == str((run / "checkpoints" / "step-000003" / "lora.safetensors").resolve())
     events = []
 
     # --step still wins, and a recommendation whose checkpoint is gone falls back to the final LoRA.
-    chosen = generate(GenerateConfig(lora=run, step=6, steps=2, out=tmp_path / "gen6"), settings)
+    chosen = generate(GenerateConfig(lora=run, step=6, steps=2, out=tmp_path / "gen6"), settings,
+                      on_event=events.append)
     assert chosen.images[0].sidecar["lora"] == str((run / "lora.safetensors").resolve())
+    assert any(e.message == f"drawing with LoRA {(run / 'lora.safetensors').resolve()} (the final LoRA, step 6, "
+               "as --step asked)" for e in events if isinstance(e, Log))
     shutil.rmtree(run / "checkpoints" / "step-000003")
     events.clear()
     final = generate(GenerateConfig(lora=run, steps=2, out=tmp_path / "gen-final"), settings, on_event=events.append)
     assert final.images[0].sidecar["lora"] == str((run / "lora.safetensors").resolve())
     assert any("no checkpoint left" in e.message for e in events if isinstance(e, Log))
+    assert any(e.message == f"drawing with LoRA {(run / 'lora.safetensors').resolve()} (the final LoRA)"
+               for e in events if isinstance(e, Log))

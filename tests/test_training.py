@@ -90,11 +90,14 @@ def test_resumed_run_follows_the_uninterrupted_loss_curve(tmp_path, dataset, set
         if step == 4:
             raise TrainingCancelled()
 
+    # No periodic checkpoint: the cancel itself keeps the step it stopped on (a step boundary), so
+    # resume carries on from step 4 rather than starting again at 0.
     with pytest.raises(TrainingCancelled):
-        train(tiny_train_config(dataset, stopped, sample_every=0), settings, step_hook=stop_after_four)
+        train(tiny_train_config(dataset, stopped, sample_every=0, checkpoint_every=0), settings,
+              step_hook=stop_after_four)
     assert RunDir(stopped).read_run()["status"] == "cancelled"
-    assert RunDir(stopped).checkpoint_steps() == [3]
-    train(tiny_train_config(dataset, stopped, sample_every=0, resume=True), settings)
+    assert RunDir(stopped).checkpoint_steps() == [4]
+    train(tiny_train_config(dataset, stopped, sample_every=0, checkpoint_every=0, resume=True), settings)
 
     a, b = RunDir(straight).read_metrics(), RunDir(stopped).read_metrics()
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]

@@ -37,6 +37,21 @@ def test_sweep_text_splits_on_semicolons_and_lines():
     assert all("{" in prompt for prompt, _ in PRESETS.values())
 
 
+def test_two_sweeps_need_no_semicolon_between_them():
+    """The obvious spellings a newcomer types all mean two sweeps."""
+    from engine.generation.sweeps import parse_sweep, split_sweeps
+
+    two = ["lora_scale=0,0.5,1", "temperature=0,0.5,1"]
+    for text in ("lora_scale=0,0.5,1 temperature=0,0.5,1", "lora_scale=0,0.5,1; temperature=0,0.5,1",
+                 "lora_scale=0, 0.5, 1  temperature = 0,0.5,1", "lora_scale=0,0.5,1,\ntemperature=0,0.5,1"):
+        assert split_sweeps(text) == two, text
+        assert [parse_sweep(part)[0] for part in parse_sweeps(text)] == ["lora_scale", "temperature"]
+    assert split_sweeps("hair=red hair,grey hair age=5,80") == ["hair=red hair,grey hair", "age=5,80"]
+    # The seed's strength × temperature grid is one preset away.
+    prompt, sweeps = PRESETS["strength-temperature"]
+    assert [parse_sweep(part)[0] for part in parse_sweeps(sweeps)] == ["lora_scale", "temperature"]
+
+
 def test_eta_reads_as_minutes_or_hours():
     assert format_eta(None) == "–"
     assert format_eta(75) == "1:15"
@@ -100,12 +115,63 @@ def test_a_config_error_names_the_form_field():
 
 
 def test_in_a_browser_pictures_are_coloured_half_blocks_not_a_grey_ramp():
-    """textual-serve runs the app on a pipe, where textual-image would fall back to greyscale characters."""
-    from textual_image.widget import Image, UnicodeImage
+    """textual-serve runs the app on a pipe, where textual-image falls back to greyscale characters.
 
-    from tui.widgets.picture import image_widget_class
+    Asked in a child whose stdout is a pipe, as under `likeness web` (pytest's own capture may or may
+    not leave a terminal behind, depending on -s).
+    """
+    import subprocess
+    import sys
 
-    if Image is UnicodeImage:  # stdout is not a terminal here, as under textual-serve
-        assert image_widget_class().__name__ == "HalfcellImage"
-    else:
-        assert image_widget_class() is Image
+    chosen = subprocess.run(
+        [sys.executable, "-c", "from tui.widgets.picture import image_widget_class as c; print(c().__name__)"],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=True, timeout=60)
+    assert chosen.stdout.strip() == "HalfcellImage"
+
+
+def test_folder_picker_hides_dotfiles_and_goes_up_to_other_folders(tmp_path):
+    import asyncio
+
+    from textual.app import App
+    from textual.widgets import DirectoryTree
+
+    from tui.screens.folder_picker import FolderPicker
+
+    start = tmp_path / "home" / "me"
+    (start / ".cache").mkdir(parents=True)
+    (start / "Pictures").mkdir()
+    (tmp_path / "other-disk").mkdir()
+
+    async def walk() -> None:
+        app = App()
+        async with app.run_test(size=(120, 40)) as pilot:
+            picker = FolderPicker(start)
+            await app.push_screen(picker)
+            tree = picker.query_one("#tree", DirectoryTree)
+            await pilot.pause(0.5)
+            assert [child.label.plain for child in tree.root.children] == ["Pictures"]
+            await pilot.press("backspace", "backspace")  # up twice: where the other disk is
+            await pilot.pause(0.5)
+            assert Path(tree.path) == tmp_path
+            assert "other-disk" in [child.label.plain for child in tree.root.children]
+            await pilot.press("ctrl+r")
+            await pilot.pause(0.2)
+            assert Path(tree.path) == Path("/")
+
+    asyncio.run(walk())
+
+
+def test_train_plan_says_modal_is_not_set_up_before_starting_and_offers_tiny():
+    from engine.errors import LikenessError
+    from tui.engine_link import EngineLink
+
+    link = EngineLink(client=None)
+    no_gpu = {"gpu_name": None, "ram_available_mb": 16_000, "modal_configured": False}
+    sdxl = {"base": "stabilityai/stable-diffusion-xl-base-1.0", "resolution": 1024, "steps": 500, "rank": 16}
+    with pytest.raises(LikenessError) as refused:
+        link.plan(sdxl, no_gpu)
+    assert "modal token new" in str(refused.value) and "tiny" in str(refused.value)
+    _, line = link.plan({**sdxl, "base": "tiny", "resolution": 64, "steps": 30}, no_gpu)  # what it offers works
+    assert "CPU" in line
+    _, line = link.plan(sdxl, {**no_gpu, "modal_configured": True})
+    assert "modal" in line

@@ -9,14 +9,8 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from tui.engine_link import EngineLink
 from tui.messages import EngineProblem
-
-SCREEN_TITLES = {
-    "photos": "Photos",
-    "train": "Train",
-    "live": "Live run",
-    "generate": "Generate",
-    "runs": "Runs",
-}
+from tui.screens.base import typing_in_form
+from tui.widgets.screen_tabs import SCREEN_TITLES
 
 
 class ScreenCommands(Provider):
@@ -67,6 +61,13 @@ class LikenessApp(App):
 
     def on_mount(self) -> None:
         self.switch_mode("photos")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # 1-5 and q are letters a form control may be meant to get: while one has focus they do
+        # nothing (shown dimmed); escape leaves it, and the tab line's names can be clicked.
+        if action in ("switch_mode", "quit") and typing_in_form(self.screen):
+            return None
+        return True
 
     def action_leave_field(self) -> None:
         """Escape leaves a text field, so the screen keys work again."""

@@ -150,6 +150,13 @@ class EngineLink:
         # The line names the savers the run will choose, so it judges a CPU run against the RAM there.
         host_free_gib = ram / 1024 if ram else None
         decision = decide(train_config, local_gpus=local, host_free_gib=host_free_gib)
+        if decision.where == "modal" and not system.get("modal_configured", True):
+            from engine.errors import LikenessError
+
+            # Said before `s`, not after: a Modal run with no token fails as soon as it starts.
+            raise LikenessError("this run needs a GPU and there is none here, and Modal is not set up on the "
+                                "engine's machine (`modal token new` there); to try the interface, set Base model "
+                                "to tiny, the built-in test model")
         line = decision.summary()
         if decision.where == "local" and decision.gpu is None:
             config = {**{k: list(v) if isinstance(v, tuple) else v for k, v in CPU_SAMPLING.items()}, **config}

@@ -55,12 +55,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.errors import LikenessError
     from engine.generation.generator import GenerateConfig, generate
-    from engine.generation.sweeps import parse_sweep
+    from engine.generation.sweeps import parse_sweep, split_sweeps
     from engine.progress import TerminalProgress
     from engine.settings import Settings
 
     sweeps: dict = {}
-    for text in getattr(args, "sweep", []):
+    # One --sweep may hold several ("lora_scale=0,1 temperature=0,1"): each NAME= starts one.
+    for text in (part for given in getattr(args, "sweep", []) for part in split_sweeps(given)):
         name, values = parse_sweep(text)
         if name in sweeps:
             raise LikenessError(f"--sweep {name} given twice")
@@ -75,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
         result = generate(config, Settings(), on_event=progress)
     finally:
         progress.close()
+    # The grids' paths were logged as they were written ("grid: …"); printing them again doubled them.
     print(f"{len(result.images)} images in {result.out / 'images'}")
-    for grid in result.grids:
-        print(f"grid: {grid}")
     return 0

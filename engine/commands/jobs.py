@@ -85,7 +85,10 @@ def resume(args: argparse.Namespace) -> int:
 
     client = _client(args)
     job = client.resume(args.job_id, args.where, args.gpu)
-    print(f"job {job['id']}: attempt {job['attempt']} queued", flush=True)
+    # Where it carries on from: a run stopped before any checkpoint starts over, and must say so.
+    start = ("from its newest checkpoint" if job.get("config", {}).get("resume")
+             else "starting again at step 0: the run kept no checkpoint")
+    print(f"job {job['id']}: attempt {job['attempt']} queued, {start}", flush=True)
     if not args.follow:
         return 0
     # From the "queued" event of this attempt on: the earlier attempts' events are history.

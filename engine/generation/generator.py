@@ -181,6 +181,22 @@ def lora_files_to_load(config: GenerateConfig) -> list[Path]:
     return list(dict.fromkeys(source.file_for(config.lora, s) for s in steps))
 
 
+def lora_line(lora_files: dict[int | None, Path], chosen_by: str | None) -> str:
+    """Which LoRA file(s) the pictures are drawn with, and why that step: the run's recommended one,
+    the one --step asked for, or the final LoRA."""
+    if not lora_files:
+        return "drawing with the base model alone (no --lora)"
+    why = {"--step": "as --step asked", "recommended": "the run's recommended step"}
+
+    def one(step: int | None, path: Path) -> str:
+        reason = why.get(chosen_by or "", "a checkpoint")
+        if "checkpoints" in path.parts:
+            return f"{path} (step {step}, {reason})"
+        return f"{path} (the final LoRA" + (f", step {step}, {reason})" if step is not None else ")")
+
+    return "drawing with LoRA " + "; ".join(one(step, path) for step, path in lora_files.items())
+
+
 def lora_name(lora: Path, step: int | None = None) -> str:
     """What a LoRA is called in A1111 tags and exports: its run's folder name (``-stepN`` for a
     checkpoint), or a foreign file's own name."""
@@ -239,6 +255,8 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
     lora_files = {step: source.file_for(config.lora, step) for step in steps_axis} if config.lora else {}
     for path in dict.fromkeys(lora_files.values()):
         check_lora_file(path)
+    on_event(Log(lora_line(lora_files, chosen_by="--step" if config.step is not None or "step" in axes
+                           else "recommended" if chosen_step is not None else None)))
     width = config.width or run_config.get("resolution") or 1024
     height = config.height or width
     out = _output_folder(config, source)

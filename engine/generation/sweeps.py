@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 from engine.errors import LikenessError
@@ -22,6 +23,27 @@ PARAMETER_AXES: dict[str, type] = {
 def placeholders(template: str) -> list[str]:
     """The ``{names}`` in a prompt template, in order of first appearance (engine.prompts: plain names only)."""
     return prompt_placeholders(template)
+
+
+# A sweep starts where a NAME= follows the start, a space, a ";" or a new line: what separates two sweeps.
+_SWEEP_START = re.compile(r"(?:^|(?<=[\s;]))[A-Za-z_]\w*\s*=")
+
+
+def split_sweeps(text: str) -> list[str]:
+    """Every sweep in one line, however they are separated.
+
+    ``'lora_scale=0,0.5,1 temperature=0,1'``, ``'… ; …'``, one per line, and ``'age = 5, 10'`` are all
+    what they look like: a new sweep begins at each NAME=, so a value may hold spaces
+    (``hair=red hair,grey hair``) but not "=".
+    """
+    starts = [match.start() for match in _SWEEP_START.finditer(text)]
+    if not starts:
+        return [text.strip(" ;\n")] if text.strip(" ;\n") else []
+    if text[:starts[0]].strip(" ;\n"):
+        raise LikenessError(f"sweeps {text!r}: expected NAME=VALUE[,VALUE...], e.g. age=5,10,18")
+    bounds = [*starts, len(text)]
+    parts = (text[start:end].strip().rstrip(";,").strip() for start, end in itertools.pairwise(bounds))
+    return [re.sub(r"\s*([=,])\s*", r"\1", part) for part in parts]
 
 
 def parse_sweep(text: str) -> tuple[str, list[Any]]:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import LikenessError
+from engine.errors import LikenessError, TrainingCancelled
 from engine.events import (
     EventSink,
     Log,
@@ -468,7 +468,18 @@ class SDXLLoRATrainer:
                                     info=lora_info_for_run(record, f"{run.root.name}-step{step}"))
                     run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
                 if self.step_hook is not None:
-                    self.step_hook(step)
+                    try:
+                        self.step_hook(step)
+                    except TrainingCancelled:
+                        # A cancel lands on a step boundary: keep this step, so resume carries on from
+                        # here instead of from the last periodic checkpoint (or from step 0).
+                        if step < config.steps and step not in run.checkpoint_steps():
+                            save_checkpoint(run, step, self._lora_models(), optimizer, lr_scheduler,
+                                            config.model_dump(mode="json"), rank=config.rank,
+                                            alpha=config.lora_alpha, keep=config.checkpoints_keep,
+                                            memory_plan=self.plan.to_json(), sample_every=config.sample_every)
+                            run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
+                        raise
         except BaseException as stop:
             status = stop_status(stop)
             self.phases.close()

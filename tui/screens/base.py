@@ -10,7 +10,8 @@ from typing import Any
 from textual import on, work
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import Footer, Header
+from textual.widget import Widget
+from textual.widgets import Checkbox, Footer, Header, Input, Select, TextArea
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from tui.messages import EngineProblem, JobEvent
@@ -23,10 +24,20 @@ class EngineScreen(Screen):
     AUTO_FOCUS = ""
 
     def compose_frame(self) -> ComposeResult:
+        from tui.widgets.screen_tabs import ScreenTabs
+
         yield Header()
+        yield ScreenTabs(id="tabs")
 
     def compose_footer(self) -> ComposeResult:
         yield Footer()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # The screen's own keys are single letters a form control may be meant to get: while one has
+        # focus they do nothing (shown dimmed in the footer) until escape leaves it.
+        if typing_in_form(self) and is_letter_action(self, action):
+            return None
+        return True
 
     @property
     def link(self):
@@ -86,6 +97,22 @@ class EngineScreen(Screen):
     def _worker_failed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.error is not None:
             self.post_message(EngineProblem(one_line(event.worker.error)))
+
+
+FORM_CONTROLS = (Input, Select, Checkbox, TextArea)
+
+
+def typing_in_form(screen: Screen) -> bool:
+    """Whether the focused widget is (inside) a field, a drop-down or a checkbox of a form."""
+    focused = screen.focused
+    return focused is not None and any(isinstance(node, FORM_CONTROLS) for node in focused.ancestors_with_self)
+
+
+def is_letter_action(node: Widget | Screen, action: str) -> bool:
+    """Whether ``node`` binds ``action`` to a key that types a character (s, 1, [ …), not to ctrl+…, tab or space."""
+    return any(len(key) == 1 or key.endswith("_square_bracket") or key == "question_mark"
+               for key, bindings in node._bindings.key_to_bindings.items()
+               for binding in bindings if binding.action.split("(")[0] == action)
 
 
 class Abandoned(Exception):

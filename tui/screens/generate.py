@@ -8,6 +8,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
+from engine.errors import LikenessError
 from tui.messages import JobEvent
 from tui.screens.base import EngineScreen
 from tui.widgets.picture import Picture
@@ -16,12 +17,16 @@ PRESETS = {
     "age": ("a photo of {token} {class_word} at age {age}", "age=5,10,18,25,50,80"),
     "strength": ("a photo of {token} {class_word}", "lora_scale=0,0.25,0.5,0.75,1"),
     "temperature": ("a photo of {token} {class_word}", "temperature=0,0.25,0.5,0.75,1"),
+    # The seed's grid: how strongly the LoRA is applied against how varied the sampling is.
+    "strength-temperature": ("a photo of {token} {class_word}", "lora_scale=0,0.5,1 temperature=0,0.5,1"),
 }
 
 
 def parse_sweeps(text: str) -> list[str]:
-    """'age=5,10; lora_scale=0,1' -> ['age=5,10', 'lora_scale=0,1'] (the engine checks each)."""
-    return [part.strip() for part in text.replace("\n", ";").split(";") if part.strip()]
+    """'age=5,10 lora_scale=0,1' (or with ';' or new lines between) -> ['age=5,10', 'lora_scale=0,1']."""
+    from engine.generation.sweeps import split_sweeps
+
+    return split_sweeps(text)
 
 
 class GenerateScreen(EngineScreen):
@@ -45,13 +50,14 @@ class GenerateScreen(EngineScreen):
                     yield Input(placeholder="final", id="step", type="integer")
                     yield Label("Preset")
                     yield Select([("age 5 → 80", "age"), ("strength 0 → 1", "strength"),
-                                  ("temperature 0 → 1", "temperature")], value="age", allow_blank=False,
+                                  ("temperature 0 → 1", "temperature"),
+                                  ("strength × temperature", "strength-temperature")], value="age", allow_blank=False,
                                  id="preset")
                     yield Label("Denoising steps")
                     yield Input("30", id="steps", type="integer")
                     yield Label("Prompt template")
                     yield Input(PRESETS["age"][0], id="prompt", placeholder="prompt template with {placeholders}")
-                    yield Label("Sweeps")
+                    yield Label("Sweeps (NAME=a,b,c; several: a space between)")
                     yield Input(PRESETS["age"][1], id="sweeps", placeholder="age=5,10; lora_scale=0,1")
                 with Horizontal(classes="buttons"):
                     yield Button("Generate", variant="primary", id="generate")
@@ -106,8 +112,12 @@ class GenerateScreen(EngineScreen):
             return
         config = {"prompt": self.query_one("#prompt", Input).value, "steps": int(steps),
                   "step": int(step) if step else None}
-        sweeps = parse_sweeps(self.query_one("#sweeps", Input).value)
-        self.job_id, self.state = None, None
+        try:
+            sweeps = parse_sweeps(self.query_one("#sweeps", Input).value)
+        except LikenessError as error:
+            self.notify(str(error), severity="error")
+            return
+        self.job_id, self.state, self.lora_text = None, None, None
         self.query_one("#progress", ProgressBar).update(total=100, progress=0)
         self._status(f"sending the request for {run}…")
         self.call_engine(lambda: self.link.generate(run, config, sweeps), self._submitted,
@@ -133,6 +143,10 @@ class GenerateScreen(EngineScreen):
         elif event.kind == "progress":
             self.query_one("#progress", ProgressBar).update(total=event.data["total"], progress=event.data["step"])
             self._status(f"job {event.job_id} running: image {event.data['step']}/{event.data['total']}")
+        elif event.kind == "log" and event.data.get("message", "").startswith("drawing with"):
+            # Which LoRA file and step the grid is drawn with: shown from here to the end.
+            self.lora_text = event.data["message"]
+            self._status(f"job {event.job_id}: {self.lora_text}")
         elif event.kind == "done":
             self.state = "done"
             grids = (event.data.get("result") or {}).get("grids") or []
@@ -142,7 +156,8 @@ class GenerateScreen(EngineScreen):
                 self.query_one("#grid-path", Input).value = f"{home}/{path}" if home else path
                 self.call_engine(lambda: self.link.file_bytes(grids[0]["url"]),
                                  lambda data: self.query_one("#grid", Picture).show(data))
-            self._status(f"job {event.job_id} done: {len(grids)} grid(s); f shows it full-screen, c copies its path")
+            self._status(f"job {event.job_id} done: {len(grids)} grid(s); f shows it full-screen, c copies its path"
+                         + (f"\n{self.lora_text}" if getattr(self, "lora_text", None) else ""))
         elif event.kind in ("failed", "cancelled", "interrupted"):
             self.state = event.kind
             self._status(f"job {event.job_id} {event.kind}: {event.data.get('reason', '')}")

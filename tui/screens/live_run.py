@@ -216,8 +216,9 @@ class LiveRunScreen(EngineScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # The footer shows `m` only while there is a run to carry on in the cloud.
         if action == "continue_on_modal":
-            return not self.query_one("#modal", Button).disabled if self.is_mounted else False
-        return True
+            if not (self.is_mounted and not self.query_one("#modal", Button).disabled):
+                return False
+        return super().check_action(action, parameters)
 
     def _show_grid(self, index: int) -> None:
         step, url = self.grids[index]

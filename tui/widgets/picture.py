@@ -29,9 +29,13 @@ def image_widget_class():
     what `likeness web` gets (textual-serve runs the app on a pipe): its xterm.js page draws neither
     Sixel nor Kitty graphics, but colours every cell, so coloured half-blocks are the best it can show.
     """
-    from textual_image.widget import HalfcellImage, Image, UnicodeImage
+    from textual_image.renderable import Image as ChosenRenderable
+    from textual_image.renderable.unicode import Image as GreyRenderable
+    from textual_image.widget import HalfcellImage, Image
 
-    return HalfcellImage if Image is UnicodeImage else Image
+    # The widget module's `Image` is its AutoImage class whatever it chose, so ask the renderable
+    # module which drawing it picked: its grey character ramp means "not a terminal".
+    return HalfcellImage if ChosenRenderable is GreyRenderable else Image
 
 
 class Picture(Container, can_focus=True):
