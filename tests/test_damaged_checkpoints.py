@@ -20,7 +20,7 @@ RUN = dict(steps=6, checkpoint_every=2, sample_every=0)
 
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory, dataset, settings, tiny_model):
-    """A run cancelled at step 5, with checkpoints at steps 2 and 4."""
+    """A run cancelled at step 5, with checkpoints at steps 2 and 4 and the one the cancel kept at 5."""
     out = tmp_path_factory.mktemp("checkpoints") / "run"
 
     def stop_at_five(step: int) -> None:
@@ -29,7 +29,9 @@ def stopped_run(tmp_path_factory, dataset, settings, tiny_model):
 
     with pytest.raises(TrainingCancelled):
         train(tiny_train_config(dataset, out, **RUN), settings, step_hook=stop_at_five)
-    assert RunDir(out).checkpoint_steps() == [2, 4]
+    assert RunDir(out).checkpoint_steps() == [2, 4, 5]
+    # The tests below damage the newest periodic checkpoint and need a resume to meet it first.
+    shutil.rmtree(RunDir(out).checkpoint_path(5))
     return out
 
 

@@ -255,8 +255,6 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
     lora_files = {step: source.file_for(config.lora, step) for step in steps_axis} if config.lora else {}
     for path in dict.fromkeys(lora_files.values()):
         check_lora_file(path)
-    on_event(Log(lora_line(lora_files, chosen_by="--step" if config.step is not None or "step" in axes
-                           else "recommended" if chosen_step is not None else None)))
     width = config.width or run_config.get("resolution") or 1024
     height = config.height or width
     out = _output_folder(config, source)
@@ -292,6 +290,9 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
         except (ValueError, RuntimeError, KeyError, OSError) as error:
             raise _lora_does_not_fit(path, base.spec, error) from None
         adapters[step] = name
+    # Said once the LoRA loaded, so a LoRA that does not fit is the one line the user reads.
+    on_event(Log(lora_line(lora_files, chosen_by="--step" if config.step is not None or "step" in axes
+                           else "recommended" if chosen_step is not None else None)))
     lora = _FusedLora(pipe) if adapters else None
     names = {step: lora_name(config.lora, step) for step in lora_files}
     hashes = {path: lora_hashes(path) for path in dict.fromkeys(lora_files.values())}

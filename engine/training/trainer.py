@@ -372,6 +372,15 @@ class SDXLLoRATrainer:
                 self.phases.enter("loop")
             self._phase("training")
 
+            def checkpoint(step: int) -> None:
+                """The resumable state of ``step``, its LoRA named so a user can copy it into another tool."""
+                save_checkpoint(run, step, self._lora_models(), optimizer, lr_scheduler,
+                                config.model_dump(mode="json"), rank=config.rank, alpha=config.lora_alpha,
+                                keep=config.checkpoints_keep, memory_plan=self.plan.to_json(),
+                                sample_every=config.sample_every,
+                                info=lora_info_for_run(record, f"{run.root.name}-step{step}"))
+                run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
+
             scaling = self.vae.config.scaling_factor
             shift = getattr(self.vae.config, "shift_factor", None) or 0.0
             n_images, loss_value, step_times = len(images), None, []
@@ -461,12 +470,7 @@ class SDXLLoRATrainer:
                 self.on_event(Progress(step, config.steps, loss_value, lr, recent, eta))
                 # Sample steps get a checkpoint too: the recommended step must be there to generate from.
                 if step < config.steps and (sampled or (config.checkpoint_every and step % config.checkpoint_every == 0)):
-                    save_checkpoint(run, step, self._lora_models(), optimizer, lr_scheduler,
-                                    config.model_dump(mode="json"), rank=config.rank, alpha=config.lora_alpha,
-                                    keep=config.checkpoints_keep, memory_plan=self.plan.to_json(),
-                                    sample_every=config.sample_every,
-                                    info=lora_info_for_run(record, f"{run.root.name}-step{step}"))
-                    run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
+                    checkpoint(step)
                 if self.step_hook is not None:
                     try:
                         self.step_hook(step)
@@ -474,11 +478,7 @@ class SDXLLoRATrainer:
                         # A cancel lands on a step boundary: keep this step, so resume carries on from
                         # here instead of from the last periodic checkpoint (or from step 0).
                         if step < config.steps and step not in run.checkpoint_steps():
-                            save_checkpoint(run, step, self._lora_models(), optimizer, lr_scheduler,
-                                            config.model_dump(mode="json"), rank=config.rank,
-                                            alpha=config.lora_alpha, keep=config.checkpoints_keep,
-                                            memory_plan=self.plan.to_json(), sample_every=config.sample_every)
-                            run.write_run({**record, "steps_done": step, "wall_time_s": self._wall(record, started)})
+                            checkpoint(step)
                         raise
         except BaseException as stop:
             status = stop_status(stop)
