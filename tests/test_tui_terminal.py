@@ -128,7 +128,8 @@ def type_into_field(session: str, tabs: int, value: str, label: str) -> None:
     tmux, not in Pilot); a user would type it again, and so does this.
     """
     send(session, *["Tab"] * tabs)
-    shown = re.compile(re.escape(label) + r"\s+▊  " + re.escape(value) + r"\s")
+    # ▊ edges a field, ┃ the focused one.
+    shown = re.compile(re.escape(label) + r"\s+[▊┃]  " + re.escape(value) + r"\s")
     for _ in range(3):
         send(session, "C-u")
         subprocess.run([tmux(), "send-keys", "-t", session, "-l", value], check=True)
