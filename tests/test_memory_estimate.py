@@ -19,6 +19,8 @@ from engine.training.config import TrainConfig
 from engine.training.memory_plan import PHASES, MemoryPlan, choose_plan, estimate_phases
 
 MEASURED = Path(__file__).parent.parent / "bench" / "calibration" / "sdxl_phases_measured.json"
+# Written by `python -m bench.sim_bench --save-calibration`: the full-size simulator's peaks per phase.
+SIMULATED = MEASURED.with_name("sdxl_phases_simulated.json")
 
 
 def config(**fields) -> TrainConfig:
@@ -40,6 +42,27 @@ def test_each_phase_estimate_is_within_15_percent_of_its_measured_peak(point):
     assert estimate == pytest.approx(point["gib"], rel=0.15), f"{estimate} GiB against {point['gib']} measured"
 
 
+SIMULATED_ROWS = json.loads(SIMULATED.read_text())["rows"]
+
+
+@pytest.mark.parametrize("row", SIMULATED_ROWS, ids=lambda r: r["name"])
+def test_each_phase_estimate_is_at_or_above_its_simulated_peak_and_at_most_20_percent_above(row):
+    # The simulation counts torch's allocations at full size (a floor: a card needs a few per cent more),
+    # so the estimate may not go below it, nor far above it, for the plan the row ran with.
+    run = config(steps=500, sample_every=100, **row["config"])
+    estimate = estimate_phases(run, MemoryPlan.from_json(row["plan"])).phases
+    for phase, simulated in row["simulated_phase_peak_gib"].items():
+        assert simulated <= estimate[phase] <= simulated * 1.2, (phase, estimate[phase], simulated)
+
+
+def test_the_simulated_rows_cover_every_card_and_what_changes_the_peak():
+    names = {row["name"] for row in SIMULATED_ROWS}
+    for card in ("8 GB", "12 GB", "24 GB"):
+        assert f"{card}, default" in names
+    for variant in ("512 px", "768 px", "rank 4", "rank 64", "batch 2", "text encoders trained", "prior preservation"):
+        assert f"8 GB, {variant}" in names
+
+
 def test_no_phase_of_the_staged_plan_peaks_above_the_loop():
     # The rule: loading, caching and sampling stay inside the training loop's own budget.
     for fields in ({}, {"resolution": 512}, {"batch_size": 2}, {"rank": 64}):
@@ -53,20 +76,28 @@ def test_no_phase_of_the_staged_plan_peaks_above_the_loop():
 
 def test_sample_grids_denoise_as_many_images_at_once_as_fit_inside_the_loop():
     run = config(resolution=1024, rank=16)  # the default grid: 3 prompts x 2 seeds
-    # An 8 GB card (checkpointing on, loop 6.5 GiB): one more image a pass would make sampling the peak.
+    # An 8 GB card (checkpointing on, loop 6.3 GiB): part of the grid a pass, and one more image a pass
+    # would make sampling the peak.
     small = choose_plan(run, 8.0)
     phases = estimate_phases(run, small).phases
-    assert small.gradient_checkpointing and small.sample_batch == 1 and phases["sampling"] <= phases["loop"]
-    assert estimate_phases(run, replace(small, sample_batch=2)).phases["sampling"] > phases["loop"]
+    assert small.gradient_checkpointing and 1 <= small.sample_batch < 6 and phases["sampling"] <= phases["loop"]
+    more = replace(small, sample_batch=small.sample_batch + 1)
+    assert estimate_phases(run, more).phases["sampling"] > phases["loop"]
     # A 24 GB card (no checkpointing, loop 13 GiB): the whole grid in one pass, still inside the loop.
     big = choose_plan(run, 24.0)
     phases = estimate_phases(run, big).phases
     assert not big.gradient_checkpointing and big.sample_batch == 6 and phases["sampling"] <= phases["loop"]
     # Never more than the grid holds, and each image more is counted.
     assert choose_plan(config(resolution=1024, sample_seeds=(0,)), 80.0).sample_batch == 3
-    assert phases["sampling"] > estimate_phases(run, replace(big, sample_batch=1)).phases["sampling"]
+    tiled = replace(big, decode_tile_px=256)  # the denoise the larger part, not a whole image's decode
+    assert (estimate_phases(run, tiled).phases["sampling"]
+            > estimate_phases(run, replace(tiled, sample_batch=1)).phases["sampling"])
     # On the CPU the same rule holds against RAM; the tiny model's estimate is flat: the whole grid.
-    assert choose_plan(run, 14.0, on_cpu=True).sample_batch == 1
+    on_cpu = choose_plan(run, 14.0, on_cpu=True)
+    cpu_phases = estimate_phases(run, on_cpu, on_cpu=True).phases
+    assert 1 <= on_cpu.sample_batch < 6 and cpu_phases["sampling"] <= cpu_phases["loop"]
+    more = replace(on_cpu, sample_batch=on_cpu.sample_batch + 1)
+    assert estimate_phases(run, more, on_cpu=True).phases["sampling"] > cpu_phases["loop"]
     assert choose_plan(config(base="tiny", resolution=64), 4.0, on_cpu=True).sample_batch == 6
     # The plan says it where the savers are said.
     assert big.to_json()["sample_batch"] == 6 and big.savers().endswith("sample batch 6")

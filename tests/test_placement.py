@@ -91,7 +91,7 @@ def test_a_small_default_run_goes_to_an_a10g_without_a_local_gpu():
 
 
 def test_explicit_choices_are_obeyed_and_warned_about():
-    small = card(7.5)
+    small = card(5.5)  # a 6 GB card: too small for 1024 px even with every saver
     local = decide(config(), "local", None, [small])
     assert local.where == "local" and not local.fits_locally and "--continue-on-modal" in local.warnings[0]
     assert decide(config(), "modal", None, [card(79)]).where == "modal"
@@ -105,9 +105,11 @@ def test_explicit_choices_are_obeyed_and_warned_about():
 
 
 def test_cuda_n_device_is_judged_on_that_card():
-    gpus = [LocalGpu(0, "big", 80, 79), LocalGpu(1, "small", 8, 7.5)]
+    gpus = [LocalGpu(0, "big", 80, 79), LocalGpu(1, "small", 6, 5.5)]
     assert decide(config(device="cuda:1"), "auto", None, gpus).where == "modal"
     assert decide(config(device="cuda:0"), "auto", None, gpus).where == "local"
+    # An 8 GB card with a desktop on it (7.6 GiB free) trains 1024 px / rank 16 itself.
+    assert decide(config(device="cuda:1"), "auto", None, [gpus[0], LocalGpu(1, "8 GB", 8, 7.6)]).where == "local"
 
 
 def test_dry_run_prints_the_decision_and_trains_nothing(capsys, tmp_path, photos):

@@ -137,19 +137,11 @@ class EngineLink:
         Raises pydantic's ValidationError for a config the engine would refuse.
         """
         from engine.placement.decision import decide, model_family
-        from engine.placement.gpus import LocalGpu
         from engine.training.config import TrainConfig
         from engine.training.eta import CPU_SAMPLING, cpu_seconds, sampling_line
 
-        local = []
-        if system.get("gpu_name") and system.get("vram_total_mb"):
-            local = [LocalGpu(0, system["gpu_name"], system["vram_total_mb"] / 1024,
-                              (system.get("vram_free_mb") or system["vram_total_mb"]) / 1024)]
-        train_config = TrainConfig(data=Path("."), out=Path("."), **config)
-        ram = system.get("ram_available_mb")
-        # The line names the savers the run will choose, so it judges a CPU run against the RAM there.
-        host_free_gib = ram / 1024 if ram else None
-        decision = decide(train_config, local_gpus=local, host_free_gib=host_free_gib)
+        train_config, decision = self._decide(config, system)
+        local, host_free_gib = _engine_devices(system)
         if decision.where == "modal" and not system.get("modal_configured", True):
             from engine.errors import LikenessError
 
@@ -171,6 +163,42 @@ class EngineLink:
         else:
             line += "\n" + sampling_line(train_config)
         return config, line
+
+    def _decide(self, config: dict, system: dict):
+        """(TrainConfig, Decision): where the engine's machine would run ``config``."""
+        from engine.placement.decision import decide
+        from engine.training.config import TrainConfig
+
+        local, host_free_gib = _engine_devices(system)
+        train_config = TrainConfig(data=Path("."), out=Path("."), **config)
+        return train_config, decide(train_config, local_gpus=local, host_free_gib=host_free_gib)
+
+    def simulate(self, config: dict, system: dict, on_progress: Callable[[str], None],
+                 should_stop: Callable[[], bool]) -> str:
+        """``config`` trained at full size on a simulated copy of the card it would go to (the engine's
+        GPU, or the Modal GPU it would be sent to): each phase's peak beside the estimate, and whether it
+        fits. The same simulation as ``likeness train --dry-run --exact``, in a child process."""
+        from engine.commands.dry_run import describe_simulation, simulated_card
+        from engine.training.simulation_process import simulate_in_child
+
+        train_config, decision = self._decide(config, system)
+        free, name = simulated_card(decision)
+        peaks = simulate_in_child(train_config, free, decision.estimate.plan, f"simulated {name}",
+                                  on_progress=on_progress, should_stop=should_stop)
+        return describe_simulation(decision, peaks)
+
+
+def _engine_devices(system: dict) -> tuple[list, float | None]:
+    """The engine machine's GPU (as its /system reports it) and free RAM in GiB."""
+    from engine.placement.gpus import LocalGpu
+
+    local = []
+    if system.get("gpu_name") and system.get("vram_total_mb"):
+        local = [LocalGpu(0, system["gpu_name"], system["vram_total_mb"] / 1024,
+                          (system.get("vram_free_mb") or system["vram_total_mb"]) / 1024)]
+    ram = system.get("ram_available_mb")
+    # The plan names the savers the run will choose, so it judges a CPU run against the RAM there.
+    return local, ram / 1024 if ram else None
 
 
 CLIENTS = "tui-clients"  # one empty file per running TUI of this LIKENESS_HOME, named by its pid

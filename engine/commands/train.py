@@ -58,6 +58,11 @@ def register(subparsers) -> None:
     switch(p, "--cache-latents", help="VAE-encode each image once before the loop (default on)")
     flag(p, "--device", help="auto, cpu, cuda or cuda:N (default auto)")
     add_where_flags(p)
+    p.add_argument("--exact", action="store_true",
+                   help="with --dry-run: also run the training at full size on a simulated card (no GPU, no weights: "
+                        "the base's config files only; minutes on the CPU) and print each phase's peak")
+    p.add_argument("--json", dest="as_json", action="store_true",
+                   help="with --dry-run: print the whole plan as one JSON object")
     p.add_argument("--server", metavar="URL",
                    help="submit to a running likeness service (likeness serve) and follow it; paths are the service's, relative to its LIKENESS_HOME")
     add_config_flag(p)
@@ -76,13 +81,17 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(TrainConfig, args)
     if args.vram is not None and not args.dry_run:
         raise LikenessError("--vram plans for a card this machine may not have: it goes with --dry-run")
+    if (args.exact or args.as_json) and not args.dry_run:
+        raise LikenessError(f"{'--exact' if args.exact else '--json'} goes with --dry-run")
     if args.server:
         from engine.service.client import run_remote
 
         return run_remote(args.server, "train", config)
     decision = decide_for(config, args)
     if args.dry_run:
-        print(decision.describe())
+        from engine.commands.dry_run import print_dry_run
+
+        print_dry_run(config, decision, Settings(), exact=args.exact, as_json=args.as_json)
         return 0
     progress = TerminalProgress()
     try:

@@ -161,7 +161,8 @@ class Decision:
             label = _PHASE_LABELS[phase]
             if phase == "sampling" and plan is not None:
                 images = f"{plan.sample_batch} image{'s' if plan.sample_batch > 1 else ''}"
-                label = f"sample grids (UNet on {images} a pass, then VAE decode in tiles)"
+                decode = "whole" if plan.decode_tile_px is None else f"in {plan.decode_tile_px}-px tiles"
+                label = f"sample grids (UNet on {images} a pass, then VAE decode {decode})"
             lines.append(f"  {label}: {gib:.2f} GiB")
             if phase == "loop":
                 lines += [f"    {name}: {part:.2f} GiB" for name, part in self.estimate.parts.items()

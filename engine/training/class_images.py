@@ -15,7 +15,7 @@ from pathlib import Path
 from engine.events import Log
 from engine.settings import Settings
 from engine.training.config import TrainConfig
-from engine.training.sample_grid import SAMPLE_GUIDANCE
+from engine.training.sample_grid import SAMPLE_GUIDANCE, PromptEmbeds
 
 
 def _folder(trainer, config: TrainConfig, settings: Settings) -> Path:
@@ -30,9 +30,15 @@ def cached_class_images(trainer, config: TrainConfig, settings: Settings) -> Pat
     return folder if folder.is_dir() and len(list(folder.glob("*.png"))) >= config.num_class_images else None
 
 
-def ensure_class_images(trainer, config: TrainConfig, settings: Settings) -> Path:
-    """Return a folder of ``config.num_class_images`` class images, drawing any that are missing."""
-    import torch
+def ensure_class_images(trainer, config: TrainConfig, settings: Settings, embeds: PromptEmbeds) -> Path:
+    """Return a folder of ``config.num_class_images`` class images, drawing any that are missing.
+
+    Drawn as the sample grids are: from the class prompt's ``embeds`` (the text encoders need not be on
+    the device), the UNet in the run's autocast, and the fp32 VAE decoding the latents in the plan's
+    tiles. So the drawing holds no more than a grid does, and half-precision latents never meet the
+    fp32 VAE (the convolution refuses the mix on CUDA).
+    """
+    from engine.training.sample_grid import decode_latents, render_images
 
     cached = cached_class_images(trainer, config, settings)
     if cached is not None:
@@ -42,15 +48,17 @@ def ensure_class_images(trainer, config: TrainConfig, settings: Settings) -> Pat
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    pipe = trainer.pipe
+    pipe = trainer.sampling_pipeline(frozen_text=True)
     pipe.set_progress_bar_config(disable=True)
+    autocast_dtype = trainer.weight_dtype if trainer.placement.is_cuda else None
     trainer.unet.disable_adapters()
     try:
         for index in range(config.num_class_images):
-            with torch.no_grad():
-                image = pipe(config.class_prompt, height=config.resolution, width=config.resolution,
-                             num_inference_steps=config.sample_steps, guidance_scale=SAMPLE_GUIDANCE,
-                             generator=torch.Generator("cpu").manual_seed(index)).images[0]
+            # Seeded by index, one at a time: the same images whichever run draws them first.
+            image = render_images(pipe, [config.class_prompt], (index,), resolution=config.resolution,
+                                  steps=config.sample_steps, embeds=[embeds], autocast_dtype=autocast_dtype,
+                                  decode=lambda latents: decode_latents(trainer.vae, latents,
+                                                                        trainer.plan.decode_tile_px))[0][0]
             image.save(staging / f"{index:04d}.png")
     finally:
         trainer.unet.enable_adapters()

@@ -21,11 +21,11 @@ costs no memory and a 1024-px step costs seconds of CPU. What the trainer sends 
   and optimizer (8-bit AdamW is replaced by a stand-in that holds the same state bytes:
   bitsandbytes' kernels need a GPU).
 
-The simulated run trains 1 step, draws the grid at that step and at step 0 with 1 denoising step and
-only as many images as one sample batch (the plan is the user's config's, so the batch is the same), and
-draws 1 class image for prior preservation (with 1 step). Its run folder, dataset and likeness home are
-a temporary folder, deleted after, even on Ctrl-C: the simulation never writes a LoRA or a checkpoint
-where the user keeps them.
+The simulated run trains 1 step and draws the grid after it (not the one at step 0, which holds less)
+with 1 denoising step and only as many images as one sample batch (the plan is the user's config's, so
+the batch is the same), and draws 1 class image for prior preservation (with 1 step). Its run folder,
+dataset and likeness home are a temporary folder, deleted after, even on Ctrl-C: the simulation never
+writes a LoRA or a checkpoint where the user keeps them.
 
 Not counted, and how much that was against the H200's ``max_memory_allocated`` (issue 11's points;
 ``bench/calibration/sdxl_phases_measured.json``): cuDNN's and cuBLAS's workspaces, the caching
@@ -46,7 +46,6 @@ import json
 import math
 import tempfile
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,7 +211,8 @@ def _simulated_config(config: TrainConfig, plan: MemoryPlan, scratch: Path) -> T
     for index in range(max(SIMULATED_PHOTOS, config.batch_size)):
         # Small files: the trainer resizes them to the resolution as it would a user's photos.
         Image.new("RGB", (64, 64), (120 + index, 100, 90)).save(photos / f"{index}.png")
-    seeds = config.sample_seeds
+    # One sample batch's images: the grid's first pass, its peak the same as every other pass's.
+    seeds = config.sample_seeds[:plan.sample_batch]
     prompts = config.validation_prompts[:max(1, math.ceil(plan.sample_batch / len(seeds)))]
     return config.model_copy(update={
         "data": photos, "out": scratch / "run", "prep": False, "steps": 1, "resume": False, "force": False,
@@ -270,6 +270,13 @@ class _SimulatedTrainer(SDXLLoRATrainer):
         for group in optimizer.param_groups:
             group["foreach"] = True
         return optimizer
+
+    def _save_samples(self, step: int, embeds):
+        # The grid before the first step holds less than the one after it (no optimizer state yet, the
+        # same passes): only the last is drawn, and sampling's peak is its.
+        if step == 0:
+            return None
+        return super()._save_samples(step, embeds)
 
     def _stop_after_last_step(self, step: int) -> None:
         if step >= self.config.steps:
@@ -634,6 +641,3 @@ def _numpy_dtype(dtype):
 
     return {torch.bfloat16: np.float32, torch.float16: np.float16, torch.float32: np.float32,
             torch.float64: np.float64, torch.bool: np.bool_, torch.uint8: np.uint8}.get(dtype, np.int64)
-
-
-SimulationProgress = Callable[[str], None]

@@ -50,17 +50,27 @@ SDXL_TEXT_ENCODER_LORA_PER_RANK = 73_728 + 327_680
 # state are 5.0 of that.
 UNET_ACTIVATIONS_CHECKPOINTED_GIB = 0.8
 UNET_ACTIVATIONS_FULL_GIB = 7.4
-# Measured: the trainer's own loop peaked at 6.9 GiB where the bare step took 5.8; the cause was not
-# isolated (loss in fp32, the autocast cast cache, allocator rounding), so half the gap is counted and
-# both points stay within 10 %.
+# Measured: the trainer before issue 11 (every model on the card, staged: false) peaked at 6.9 GiB in its
+# loop where the bare step took 5.8; half that gap is counted for it, so both points stay within 10 %.
+# Simulated (engine.training.full_size_sim): today's staged trainer holds no more than the bare step
+# (5.52 GiB counted with every block checkpointed and torch AdamW, against the bare step's 5.63 with
+# 8-bit AdamW), but partial checkpointing held up to 0.17 GiB more than the block table's sum (the
+# 8 GB card's plans at rank 4 and 16), so it gets a little.
 TRAINER_LOOP_EXTRA_GIB = 0.55
+STAGED_LOOP_EXTRA_GIB = 0.25
+# Simulated: autocast keeps a half-precision copy of every fp32 LoRA weight it casts until its context
+# ends (rank 64's sample grids held 0.12 GiB over the estimate without them): half the LoRA's bytes more.
+AUTOCAST_COPY_SHARE = 0.5
 # Measured: the fp32 VAE encoding 8 images at once peaked at 30.9 GiB with 6.7 GiB of weights resident:
 # 3.0 GiB per image.
 VAE_ENCODE_FP32_GIB = 3.0
-# NOT measured yet (the GPU benchmark will): the UNet's inference activations for one image, and the
-# fp32 VAE decoding a whole 1024-px image (the figure the estimate used before any measurement).
-UNET_INFERENCE_GIB = 0.5
-VAE_DECODE_FP32_GIB = 3.0
+# Simulated, not yet measured on a GPU (bench/calibration/sdxl_phases_simulated.json, whose rows a test
+# holds the estimate to): a sample grid's UNet denoising took 0.19 GiB per 1024-px image and pass (12
+# at once: 2.27 GiB over the weights held), counted +10 % for what the count leaves out; the fp32 VAE
+# decoding a whole 1024-px image 2.92 GiB, counted +13.7 %, the share cuDNN's convolution workspaces
+# added to the VAE's encoding on the H200.
+UNET_INFERENCE_GIB = 0.21
+VAE_DECODE_FP32_GIB = 3.3
 TEXT_ENCODER_ACTIVATIONS_GIB = 0.3  # per prompt, when the text encoders train (77 tokens: small)
 # Sample grids decode whole, or in the largest of these tiles (pixels; diffusers' tiled VAE decode,
 # 25 % overlap) that keeps sampling inside the loop's peak. They denoise the largest batch of the grid's
@@ -130,7 +140,17 @@ class MemoryPlan:
                 "recompute_forward_share": (None if self.recompute_forward_share is None
                                             else round(self.recompute_forward_share, 4)),
                 "vae_encode_batch": self.vae_encode_batch, "decode_tile_px": self.decode_tile_px,
-                "sample_batch": self.sample_batch, "reason": self.reason}
+                "sample_batch": self.sample_batch, "blocks_total": self.blocks_total, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, data: dict) -> MemoryPlan:
+        """The plan ``to_json`` wrote (a calibration point's, a run's)."""
+        blocks = data.get("checkpointed_blocks")
+        return cls(data["gradient_checkpointing"], data["optimizer"], vae_encode_batch=data["vae_encode_batch"],
+                   decode_tile_px=data["decode_tile_px"], sample_batch=data["sample_batch"],
+                   reason=data.get("reason", ""), checkpointed=None if blocks is None else tuple(blocks),
+                   recompute_share=data.get("recompute_share"),
+                   recompute_forward_share=data.get("recompute_forward_share"), blocks_total=data.get("blocks_total"))
 
 
 @dataclass(frozen=True)
@@ -185,6 +205,15 @@ def estimate_phases(config: TrainConfig, plan: MemoryPlan, on_cpu: bool = False)
 
     caching_weights = frozen + lora_weights if resident_early else text + vae
     caching = caching_weights + VAE_ENCODE_FP32_GIB * pixels * plan.vae_encode_batch
+    tile = 1.0 if plan.decode_tile_px is None else min(1.0, (plan.decode_tile_px / config.resolution) ** 2)
+    decode = VAE_DECODE_FP32_GIB * pixels * tile
+    casts = 0.0 if full else AUTOCAST_COPY_SHARE * lora_weights
+    if config.prior_preservation:
+        # The class images are drawn while caching (once per base and size), one at a time as a grid
+        # image is: the UNet and the VAE on the device, the text encoders not.
+        drawing_weights = frozen + lora_weights if resident_early else unet + lora_weights + vae
+        drawing = drawing_weights + casts + max(UNET_INFERENCE_GIB * 2 * pixels * act_scale, decode)
+        caching = max(caching, drawing)
 
     load = frozen + lora_weights if resident_early else unet + lora_weights + trains_text + keeps_vae
 
@@ -196,8 +225,9 @@ def estimate_phases(config: TrainConfig, plan: MemoryPlan, on_cpu: bool = False)
             parts["text encoder weights"] = trains_text
         if keeps_vae:
             parts["VAE weights"] = keeps_vae
-    parts["LoRA weights, gradients, optimizer"] = 2 * lora_weights + optimizer_state
-    parts["activations"] = unet_activations_gib(plan) * images * pixels * act_scale + TRAINER_LOOP_EXTRA_GIB
+    parts["LoRA weights, gradients, optimizer"] = 2 * lora_weights + optimizer_state + casts
+    parts["activations"] = (unet_activations_gib(plan) * images * pixels * act_scale
+                            + (STAGED_LOOP_EXTRA_GIB if plan.staged else TRAINER_LOOP_EXTRA_GIB))
     if config.train_text_encoder:
         prompts = 2 if config.prior_preservation else 1
         parts["text encoder activations"] = text_encoder_activations_gib(plan) * prompts * act_scale
@@ -208,10 +238,8 @@ def estimate_phases(config: TrainConfig, plan: MemoryPlan, on_cpu: bool = False)
     # 4. Sampling: no gradients (zeroed to None after each step), the optimizer state stays; the VAE is
     # back; the UNet denoises plan.sample_batch images with guidance (twice that a pass), then the VAE
     # decodes them one at a time, tile by tile.
-    held = (frozen - vae if resident_always else unet + trains_text) + lora_weights + optimizer_state
+    held = (frozen - vae if resident_always else unet + trains_text) + lora_weights + optimizer_state + casts
     denoise = UNET_INFERENCE_GIB * 2 * plan.sample_batch * pixels * act_scale
-    tile = 1.0 if plan.decode_tile_px is None else min(1.0, (plan.decode_tile_px / config.resolution) ** 2)
-    decode = VAE_DECODE_FP32_GIB * pixels * tile
     sampling = held + vae + max(denoise, decode) if config.sample_every else 0.0
 
     phases = {"caching": caching, "load": load, "loop": loop, "sampling": sampling}

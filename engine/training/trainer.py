@@ -554,10 +554,18 @@ class SDXLLoRATrainer:
 
         folder = cached_class_images(self, self.config, self.settings)
         if folder is None:
-            # Drawing them takes the whole pipeline on the device, once per base, prompt and size.
+            # Drawn once per base, prompt and size, as a sample grid is: the prompt encoded first, then the
+            # text encoders make room for the UNet (all three models together outgrow an 8 GB card).
+            embeds = self.encode_prompt(self.config.class_prompt)
+            for encoder in self.text_encoders:
+                encoder.to("cpu")
             self.unet.to(self.placement.device)
-            folder = ensure_class_images(self, self.config, self.settings)
-            self.unet.to("cpu")
+            try:
+                folder = ensure_class_images(self, self.config, self.settings, embeds)
+            finally:
+                self.unet.to("cpu")
+                for encoder in self.text_encoders:
+                    encoder.to(self.placement.device)
         class_images, _ = load_training_images(folder, self.config.resolution)
         mean, std = self.cache_latents(class_images)
         latents = mean + std * torch.randn(mean.shape, generator=_step_generator(self.config.seed, -10**9))

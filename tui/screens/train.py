@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+from textual.worker import get_current_worker
 
-from tui.screens.base import EngineScreen
+from tui.screens.base import EngineScreen, one_line
 
 # The seed's two rounds: about 40 good photos trained well in 500 steps at rank 16; a 1,500-photo
 # library needed 1,500 steps at rank 32 (and did no better, which is why prep exists). The resolution
@@ -54,7 +55,7 @@ def field_error(error: Exception) -> str:
 
 
 class TrainScreen(EngineScreen):
-    BINDINGS = [("s", "start", "Start"), ("r", "refresh", "Refresh")]
+    BINDINGS = [("s", "start", "Start"), ("x", "exact", "Exact memory"), ("r", "refresh", "Refresh")]
 
     def compose(self) -> ComposeResult:
         yield from self.compose_frame()
@@ -89,8 +90,11 @@ class TrainScreen(EngineScreen):
                 yield Label("")
                 yield Checkbox("prior preservation", id="prior_preservation")
             yield Static("", id="placement", classes="status")
+            yield Static("x: simulate this run at full size on the card it goes to (a minute or more of CPU; no "
+                         "GPU, no weights), for each phase's exact peak", id="exact", classes="status")
             with Horizontal(classes="buttons"):
                 yield Button("Start training", variant="primary", id="start")
+                yield Button("Exact memory", id="exact-button")
         yield from self.compose_footer()
 
     def action_refresh(self) -> None:
@@ -203,6 +207,37 @@ class TrainScreen(EngineScreen):
         except FieldError as error:
             line = f"[b]cannot start yet:[/b] {error}"
         self.query_one("#placement", Static).update(line)
+
+    @on(Button.Pressed, "#exact-button")
+    def action_exact(self) -> None:
+        """Simulate the planned run at full size (``likeness train --dry-run --exact``'s simulation)."""
+        if getattr(self, "system", None) is None:
+            self.notify("waiting for the engine's system report; try again in a moment", severity="warning")
+            return
+        # Not the plan line's checks: a run Modal cannot start yet (no token) can still be simulated.
+        self.query_one("#exact", Static).update("simulating at full size: starting…")
+        self._simulate(self.config(), dict(self.system))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="exact-memory")
+    def _simulate(self, config: dict, system: dict) -> None:
+        import time
+
+        worker = get_current_worker()
+        started = time.monotonic()
+        label = self.query_one("#exact", Static)
+
+        def progress(phase: str) -> None:
+            self.app.call_from_thread(label.update, f"simulating at full size: {phase}, "
+                                                    f"{time.monotonic() - started:.0f} s")
+
+        try:
+            text = self.link.simulate(config, system, progress, should_stop=lambda: worker.is_cancelled)
+        except Exception as error:  # a field the engine refuses, a base that is not SDXL, a CPU run
+            if not worker.is_cancelled:
+                said = field_error(error) if hasattr(error, "errors") else one_line(error)
+                self.app.call_from_thread(label.update, f"[b]exact memory:[/b] {said}")
+            return
+        self.app.call_from_thread(label.update, text)
 
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
