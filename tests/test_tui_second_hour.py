@@ -11,7 +11,7 @@ from textual.widgets import Input, Select
 
 from engine.service.client import ServiceClient
 from tests.service_helpers import Service, make_home
-from tests.test_tui import until
+from tests.test_tui import text, until
 from tui.app import LikenessApp
 from tui.engine_link import EngineLink
 from tui.widgets.screen_tabs import SCREEN_TITLES
@@ -67,6 +67,8 @@ def test_the_focused_field_is_drawn_plainly_and_letters_do_not_fire_from_a_form(
     async def steps(pilot) -> None:
         await pilot.press("escape")
         await pilot.pause(0.3)
+        await pilot.press("escape")
+        await pilot.pause(0.3)  # escape then a digit at once reads as alt+digit
         await pilot.press("2")
         await until(pilot, lambda: type(app.screen).__name__ == "TrainScreen", what="Train")
         steps_field, rank_field = app.screen.query_one("#steps", Input), app.screen.query_one("#rank", Input)
@@ -90,3 +92,86 @@ def test_the_focused_field_is_drawn_plainly_and_letters_do_not_fire_from_a_form(
         await until(pilot, lambda: type(app.screen).__name__ == "PhotosScreen", what="Photos")
 
     run(app, steps)
+
+
+def test_a_mistyped_hub_base_is_refused_on_train_in_the_words_of_the_cli(service, dataset, tmp_path, capsys):
+    from engine.cli import main
+
+    typo = "stabilityai/sdxl-typo"  # not cached, and the hub is offline here (HF_HUB_OFFLINE, as in conftest)
+    assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--base", typo]) == 2
+    cli_error = capsys.readouterr().err.strip().removeprefix("likeness: error: ")
+    assert typo in cli_error
+    app = LikenessApp(EngineLink(ServiceClient(service.url)))
+
+    async def steps(pilot) -> None:
+        await pilot.press("escape")
+        await pilot.pause(0.3)  # escape then a digit at once reads as alt+digit
+        await pilot.press("2")
+        await until(pilot, lambda: type(app.screen).__name__ == "TrainScreen", what="Train")
+        app.screen.query_one("#base", Input).value = typo
+        await until(pilot, lambda: cli_error in text(app, "#placement"), what="the CLI's refusal on the plan line")
+        placement = text(app, "#placement")
+        assert placement.startswith("cannot start yet") and "modal on" not in placement and "tiny" in placement
+        await until(pilot, lambda: app.screen.query_one("#dataset", Select).value == "astronaut", what="a dataset")
+        await pilot.press("s")
+        await pilot.pause(1)
+        assert ServiceClient(service.url).jobs() == []  # refused, as the CLI refuses it
+
+    run(app, steps)
+
+
+TINY = {"data": "datasets/astronaut", "base": "tiny", "resolution": 64, "rank": 4, "sample_every": 0,
+        "checkpoint_every": 0}
+
+
+def test_after_training_live_run_shows_full_paths_and_copies_the_lora_path(service):
+    job = service.submit("train", {**TINY, "out": "runs/paths", "steps": 2})
+    service.wait_for(job["id"], {"done", "failed", "cancelled"})
+    app = LikenessApp(EngineLink(ServiceClient(service.url)))
+    lora = str(service.home / "runs" / "paths" / "lora.safetensors")
+
+    async def steps(pilot) -> None:
+        await pilot.press("escape")
+        await pilot.pause(0.3)  # escape then a digit at once reads as alt+digit
+        await pilot.press("3")
+        await until(pilot, lambda: type(app.screen).__name__ == "LiveRunScreen", what="Live run")
+        await until(pilot, lambda: lora in text(app, "#outputs"), what="the LoRA's full path")
+        assert f"run folder: {service.home / 'runs' / 'paths'}" in text(app, "#outputs")
+        footer_keys = [binding.key for (_, binding, enabled, _) in app.screen.active_bindings.values() if enabled]
+        assert "y" in footer_keys  # shown in the footer once there is a LoRA to copy
+        await pilot.press("y")
+        await pilot.pause(0.2)
+        assert app.clipboard == lora
+
+    run(app, steps)
+
+
+def test_a_reopened_tui_names_the_running_job_and_quitting_says_it_goes_on(service):
+    from textual.notifications import Notification  # noqa: F401 - the type app._notifications holds
+
+    client = ServiceClient(service.url)
+    job = service.submit("train", {**TINY, "out": "runs/going-on", "steps": 400})
+    service.wait_for(job["id"], {"progress", "failed", "done"})
+    app = LikenessApp(EngineLink(client))
+
+    async def steps(pilot) -> None:
+        def said() -> list[str]:
+            return [n.message for n in app._notifications
+                    if f"job {job['id']} (train runs/going-on) is running" in n.message]
+        await until(pilot, lambda: bool(said()), what="the running job named on opening")
+        assert "step " in said()[0] and "/400" in said()[0] and "Live run (3)" in said()[0]
+        await pilot.press("escape")
+        await pilot.pause(0.3)  # escape then a digit at once reads as alt+digit
+        await pilot.press("3")
+        await until(pilot, lambda: type(app.screen).__name__ == "LiveRunScreen" and app.screen.job_id == job["id"],
+                    what="Live run on the running job")
+
+    try:
+        run(app, steps)
+        line = EngineLink(client).goodbye()  # what `likeness` prints once the TUI has quit
+        assert line is not None and f"job {job['id']}" in line and "goes on in the engine" in line
+        assert "likeness jobs" in line and f"likeness cancel {job['id']}" in line and "\n" not in line
+    finally:
+        client.cancel(job["id"])
+        service.wait_for(job["id"], {"cancelled", "done", "failed"})
+    assert EngineLink(client).goodbye() is None  # nothing going on: nothing said

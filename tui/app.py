@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from textual import on
+from textual import on, work
 from textual.app import App
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -61,6 +61,17 @@ class LikenessApp(App):
 
     def on_mount(self) -> None:
         self.switch_mode("photos")
+        self.announce_jobs_going_on()
+
+    @work(thread=True, exit_on_error=False, group="announce")
+    def announce_jobs_going_on(self) -> None:
+        """Reopened while a job runs (it outlives the TUI): say so at once, and where to watch it."""
+        from tui.engine_link import job_status
+
+        jobs = self.link.going_on()
+        if jobs:
+            where = "Live run (3) follows it" if jobs[0]["kind"] == "train" else "`likeness jobs` lists it"
+            self.call_from_thread(self.notify, f"{job_status(jobs[0])}: {where}", timeout=15)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # 1-5 and q are letters a form control may be meant to get: while one has focus they do

@@ -34,6 +34,10 @@ def run_tui(args: argparse.Namespace) -> int:
     link = connect(args.server)
     try:
         LikenessApp(link).run()
+        # Quitting does not stop a job: say which goes on, and how to see or cancel it.
+        line = link.goodbye()
+        if line:
+            print(line)
     finally:
         link.close()
     # Textual has given the terminal back and nothing is left to tidy: the engine and its jobs run in

@@ -80,6 +80,24 @@ class EngineLink:
                  and (job["state"] == "running" or (job["state"] == "queued" and job["id"] < job_id))]
         return min(ahead, key=lambda job: (job["state"] != "running", job["id"]))["id"] if ahead else None
 
+    def going_on(self) -> list[dict]:
+        """The jobs running or queued in the engine (they go on without a TUI), running first."""
+        jobs = [job for job in self.jobs() if job["state"] in ("running", "queued")]
+        return sorted(jobs, key=lambda job: (job["state"] != "running", job["id"]))
+
+    def goodbye(self) -> str | None:
+        """What a quitting TUI prints when a job goes on: which, and how to see or stop it from the CLI."""
+        try:
+            jobs = self.going_on()
+        except LikenessError:
+            return None  # the engine is away: nothing to say about its jobs
+        if not jobs:
+            return None
+        first = jobs[0]
+        more = f" (and {len(jobs) - 1} more)" if len(jobs) > 1 else ""
+        return (f"likeness: {job_status(first)}{more}; it goes on in the engine: `likeness jobs` shows it, "
+                f"`likeness cancel {first['id']}` stops it, `likeness` reopens this")
+
     def latest_train_job(self) -> dict | None:
         """The train job to show on opening Live run: the running one, else the next queued, else the newest."""
         trains = [job for job in self.jobs() if job["kind"] == "train"]  # newest first
@@ -128,6 +146,24 @@ class EngineLink:
         axes = dict(parse_sweep(text) for text in sweeps)
         body = {"lora": f"runs/{run}", "sweeps": axes, **{k: v for k, v in config.items() if v is not None}}
         return self.client.submit("generate", body)["id"]
+
+    def base_problem(self, spec: str) -> str | None:
+        """What ``likeness train`` says of a hub base before it places the run, or None when it goes on.
+
+        The CLI's own check (engine.models.base_model.check_base_available, as engine.commands.where
+        calls it for --where auto): a repo id neither cached here nor known to a reachable hub is
+        refused in one line, not planned on Modal with a price. Seconds at most (it may ask the hub),
+        so screens call it from a worker. Folders, files and tiny are the engine's to check on submit.
+        """
+        from engine.models.base_model import REPO_ID, BaseModelSource, check_base_available
+
+        if spec == "tiny" or not REPO_ID.match(spec) or Path(spec).expanduser().exists():
+            return None
+        try:
+            check_base_available(BaseModelSource(spec, "hub", spec))
+        except LikenessError as error:
+            return str(error)
+        return None
 
     def plan(self, config: dict, system: dict) -> tuple[dict, str]:
         """The run as it will be sent, and where it goes, how long it takes, what it costs, what it samples.
@@ -199,6 +235,13 @@ def _engine_devices(system: dict) -> tuple[list, float | None]:
     ram = system.get("ram_available_mb")
     # The plan names the savers the run will choose, so it judges a CPU run against the RAM there.
     return local, ram / 1024 if ram else None
+
+
+def job_status(job: dict) -> str:
+    """'job 3 (train runs/long) is running, step 12/400': a job going on, in one line."""
+    progress = job.get("progress") or {}
+    step = f", step {progress['step']}/{progress['total']}" if progress.get("total") else ""
+    return f"job {job['id']} ({job['kind']} {job.get('run_dir') or ''}".rstrip() + f") is {job['state']}{step}"
 
 
 CLIENTS = "tui-clients"  # one empty file per running TUI of this LIKENESS_HOME, named by its pid

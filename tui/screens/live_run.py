@@ -33,7 +33,8 @@ def job_label(job: dict) -> str:
 class LiveRunScreen(EngineScreen):
     BINDINGS = [("left_square_bracket", "older", "Older grid"), ("right_square_bracket", "newer", "Newer grid"),
                 Binding("f", "full_screen", "Full screen"), ("j", "pick_job", "Pick job"),
-                ("c", "cancel", "Cancel"), ("r", "resume", "Resume"), ("m", "continue_on_modal", "Continue on Modal")]
+                ("c", "cancel", "Cancel"), ("r", "resume", "Resume"), ("m", "continue_on_modal", "Continue on Modal"),
+                ("y", "copy_lora", "Copy LoRA path")]
 
     def __init__(self) -> None:
         super().__init__()
@@ -43,6 +44,7 @@ class LiveRunScreen(EngineScreen):
         self.grids: list[tuple[int, str]] = []  # (step, url) in the order they arrived
         self.shown = -1  # index into grids; -1 = follow the newest
         self.progress_text = ""  # the newest "step n/N loss … ETA" line
+        self.lora_path: str | None = None  # the finished run's LoRA, as a full path on the engine's machine
 
     def compose(self) -> ComposeResult:
         yield from self.compose_frame()
@@ -59,6 +61,7 @@ class LiveRunScreen(EngineScreen):
                 yield ProgressBar(total=100, id="progress", show_eta=False)
                 yield Static("no run yet: start one on the Train screen (2)", id="stats", classes="status")
                 yield Static("", id="phase", classes="status")
+                yield Static("", id="outputs", classes="status")
                 warning = Static("", id="warning")
                 warning.display = False  # only once the run looks overfit
                 yield warning
@@ -106,6 +109,9 @@ class LiveRunScreen(EngineScreen):
         self.query_one("#progress", ProgressBar).update(total=100, progress=0)
         self.query_one("#stats", Static).update(f"job {job_id}: asking the engine…")
         self.query_one("#phase", Static).update("")
+        self.query_one("#outputs", Static).update("")
+        self.lora_path = None
+        self.refresh_bindings()
         self.query_one("#grid", Picture).show(None, "no sample grid yet for this job")
         self.query_one("#title", Label).update(f"Live run: job {job_id}")
         self.query_one("#resume", Button).disabled = True
@@ -189,9 +195,30 @@ class LiveRunScreen(EngineScreen):
             if event.kind == "failed":
                 job_id = self.job_id
                 self.call_engine(lambda: self.link.job_log(job_id), self._show_log_tail, lambda _error: None)
+            if event.kind == "done" and (data.get("result") or {}).get("lora"):
+                result = data["result"]
+                self.call_engine(self.link.system, lambda system: self._show_outputs(result, system.get("home")))
             last = f" at {self.progress_text.split('  ETA')[0]}" if self.progress_text else ""
             stats.update(f"{event.kind}{last}. {reason}".strip())
             self.action_refresh()
+
+    def _show_outputs(self, result: dict, home: str | None) -> None:
+        """The run folder and LoRA as full paths: relative ones say nothing of where LIKENESS_HOME is."""
+        from pathlib import Path
+
+        def full(relative: str) -> str:
+            return str(Path(home) / relative) if home else relative
+
+        self.lora_path = full(result["lora"])
+        folder = f"run folder: {full(result['run_dir'])}\n" if result.get("run_dir") else ""
+        self.query_one("#outputs", Static).update(f"{folder}LoRA: {self.lora_path}  (y copies this path)")
+        self.refresh_bindings()
+
+    def action_copy_lora(self) -> None:
+        if self.lora_path:
+            # OSC 52: the terminal (tmux with set-clipboard, a browser under textual-serve) puts it on the clipboard.
+            self.app.copy_to_clipboard(self.lora_path)
+            self.notify(f"copied {self.lora_path}")
 
     def _show_waiting(self, ahead: int | None) -> None:
         if self.state == "queued":
@@ -218,6 +245,8 @@ class LiveRunScreen(EngineScreen):
         if action == "continue_on_modal":
             if not (self.is_mounted and not self.query_one("#modal", Button).disabled):
                 return False
+        if action == "copy_lora" and not getattr(self, "lora_path", None):
+            return False  # in the footer once a finished run has a LoRA to copy
         return super().check_action(action, parameters)
 
     def _show_grid(self, index: int) -> None:

@@ -8,6 +8,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from engine.errors import LikenessError
 from tui.screens.base import EngineScreen, one_line
 
 # The seed's two rounds: about 40 good photos trained well in 500 steps at rank 16; a 1,500-photo
@@ -100,6 +101,22 @@ class TrainScreen(EngineScreen):
     def action_refresh(self) -> None:
         self.call_engine(self.link.datasets, self._show_datasets)
         self.call_engine(self.link.system, self._show_system)
+        self.check_base(self.query_one("#base", Input).value.strip())
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="base-check")
+    def check_base(self, spec: str) -> None:
+        """Ask, as `likeness train` does, whether the base can be had; the plan line then says so."""
+        import time
+
+        time.sleep(0.3)  # typing a repo id: ask once it pauses, not at every letter (exclusive cancels this)
+        if get_current_worker().is_cancelled:
+            return
+        problem = self.link.base_problem(spec)
+        self.app.call_from_thread(self._base_checked, spec, problem)
+
+    def _base_checked(self, spec: str, problem: str | None) -> None:
+        self.base_problems = {**getattr(self, "base_problems", {}), spec: problem}
+        self._update_placement()
 
     def _show_datasets(self, datasets: list[dict]) -> None:
         select = self.query_one("#dataset", Select)
@@ -158,6 +175,8 @@ class TrainScreen(EngineScreen):
                 with self.prevent(Select.Changed):
                     preset.value = matching_preset(values)
                 self._update_name()
+        if field == "base":
+            self.check_base(event.value.strip())
         if field != "name":
             self._update_placement()
 
@@ -192,6 +211,9 @@ class TrainScreen(EngineScreen):
         from engine.errors import LikenessError
 
         config = self.config()
+        problem = getattr(self, "base_problems", {}).get(config["base"])
+        if problem:  # the CLI's own words for this base, and a base that works here
+            raise FieldError(f"{problem}; to try the interface, set Base model to tiny, the built-in test model")
         try:
             return self.link.plan(config, getattr(self, "system", {}))
         except ValidationError as error:
@@ -251,4 +273,12 @@ class TrainScreen(EngineScreen):
             self.notify(str(error), severity="error")
             return
         name = self.query_one("#name", Input).value.strip() or run_name(dataset, self._preset())
-        self.call_engine(lambda: self.link.train(dataset, name, config), self.app.watch_job)
+
+        def start() -> int:
+            # A base the check has not answered for yet (typed a moment ago) is refused here as the CLI would.
+            problem = self.link.base_problem(config["base"])
+            if problem:
+                raise LikenessError(problem)
+            return self.link.train(dataset, name, config)
+
+        self.call_engine(start, self.app.watch_job)
