@@ -63,21 +63,14 @@ def grid(quick: bool) -> dict[str, tuple]:
     return runs
 
 
-def _simulate(config, plan, free: float) -> tuple[dict, float]:
-    from engine.training.full_size_sim import simulate_training
-
-    peaks = simulate_training(config, free, plan=plan)
-    return peaks.phases, peaks.seconds
-
-
 def run_grid(runs: dict[str, tuple]) -> list[dict]:
-    """Each run simulated in a fresh process (one simulation's torch state never meets the next's)."""
-    import multiprocessing
+    """Each run simulated in a child process (engine.training.simulation_process): one simulation's torch
+    state never meets the next's."""
     import tempfile
-    from concurrent.futures import ProcessPoolExecutor
 
     from bench.gpu_bench import save_configs
     from engine.training.memory_plan import estimate_phases
+    from engine.training.simulation_process import simulate_in_child
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -85,13 +78,13 @@ def run_grid(runs: dict[str, tuple]) -> list[dict]:
         for name, (overrides, plan, free) in runs.items():
             config = _config(overrides).model_copy(update={"base": base})
             try:
-                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    phases, seconds = pool.submit(_simulate, config, plan, free).result()
+                peaks = simulate_in_child(config, free, plan)
             except Exception as error:  # noqa: BLE001 - a config our trainer fails at full size is a finding
                 print(f"{name}: FAILED: {type(error).__name__}: {str(error).splitlines()[0][:300]}", flush=True)
                 rows.append({"name": name, "config": {**DEFAULT, **overrides}, "free_gib": free,
                              "plan": plan.to_json(), "error": f"{type(error).__name__}: {error}"[:500]})
                 continue
+            phases, seconds = peaks.phases, peaks.seconds
             estimated = estimate_phases(config, plan).phases
             rows.append({"name": name, "config": {**DEFAULT, **overrides}, "free_gib": free,
                          "plan": plan.to_json(), "savers": plan.savers(),
