@@ -7,6 +7,12 @@ import sys
 from engine.events import Event, Log, OverfittingWarning, Phase, Progress, SampleReady, Started
 
 
+# tqdm's own rate and time left count only the bar's updates, so a run that pauses for sample grids
+# showed two rates and an ETA without the grids: the bar shows the engine's figures instead, which
+# count the grids (engine.training.eta).
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+
 class TerminalProgress:
     """An event sink that draws a tqdm bar on stderr and prints log lines and new sample grids."""
 
@@ -21,12 +27,14 @@ class TerminalProgress:
         if isinstance(event, Started):
             self.close()
             self.bar = tqdm(total=event.total, initial=event.first_step, unit=self.unit, file=self.stream,
-                            dynamic_ncols=True)
+                            dynamic_ncols=True, bar_format=BAR_FORMAT)
         elif isinstance(event, Progress):
             if self.bar is None:
-                self.bar = tqdm(total=event.total, initial=event.step - 1, unit=self.unit, file=self.stream)
-            loss = f"loss {event.loss:.4f}  " if event.loss is not None else ""
-            self.bar.set_postfix_str(f"{loss}{event.seconds_per_step:.2f} s/{self.unit}", refresh=False)
+                self.bar = tqdm(total=event.total, initial=event.step - 1, unit=self.unit, file=self.stream,
+                                bar_format=BAR_FORMAT)
+            loss = f"loss {event.loss:.4f}, " if event.loss is not None else ""
+            left = f", {tqdm.format_interval(event.eta_seconds)} left" if event.step < event.total else ""
+            self.bar.set_postfix_str(f"{loss}{event.seconds_per_step:.2f} s/{self.unit}{left}", refresh=False)
             self.bar.update(event.step - self.bar.n)
         elif isinstance(event, SampleReady):
             measured = "".join(f", {name} {value:.2f}" for name, value in (

@@ -50,3 +50,36 @@ def test_a_phase_reads_as_what_the_run_is_doing():
     assert Phase("sampling", 2, 5, 0.4).describe() == "drawing sample grid 2/5 40%"
     assert Phase("sampling", 1, 3).describe() == "drawing sample grid 1/3"
     assert Phase("caching").describe() == "caching latents and prompt embeddings"
+
+
+def test_the_cli_draws_a_cpu_runs_grids_as_the_train_screen_plans_and_its_bar_shows_one_rate(capsys, tmp_path,
+                                                                                              dataset, tiny_model):
+    import json
+    import re
+
+    from engine.cli import main
+
+    out = tmp_path / "cli-cpu"
+    argv = ["train", "--base", "tiny", "--data", str(dataset), "--out", str(out), "--resolution", "64",
+            "--steps", "2", "--sample-every", "2", "--checkpoint-every", "0"]
+    assert main([*argv, "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert "sample batch 2" in planned  # the TUI's batch: two prompts, one seed
+    assert re.search(r"^time: (under a minute|~\d+ min) on this CPU.*2 sample grids of 2 prompts × 1 seed, "
+                     r"8 steps each \(fewer than on a GPU", planned, re.M), planned
+
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "likeness: " in err and "2 sample grids of 2 prompts × 1 seed, 8 steps each" in err
+    record = json.loads((out / "run.json").read_text())["config"]
+    assert (record["sample_steps"], record["sample_seeds"], len(record["validation_prompts"])) == (8, [0], 2)
+    # One rate on the bar, the engine's, and time left that counts the grids; not tqdm's own.
+    bar = [line for line in re.split(r"[\r\n]", err) if "/2 [" in line]
+    assert bar and all(line.count("/step") <= 1 for line in bar), bar
+    assert not any(re.search(r"\d(s/step|step/s)", line) for line in bar), bar
+
+    # What the user gives wins: a flag, or here a config file's seeds and steps.
+    config_file = tmp_path / "seeds.toml"
+    config_file.write_text("sample_seeds = [0, 1, 2]\nsample_steps = 3\n")
+    assert main([*argv, "--dry-run", "--config", str(config_file)]) == 0
+    assert "2 sample grids of 2 prompts × 3 seeds, 3 steps each" in capsys.readouterr().out

@@ -48,7 +48,8 @@ def test_cli_train_on_the_service_streams_progress_and_sample_grids(service, cap
     events = service.events(job["id"])
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))
     types = [e["type"] for e in events if e["type"] != "phase"]
-    assert types[:3] == ["queued", "running", "started"] and types[-1] == "done"
+    assert types[:4] == ["queued", "running", "placed", "started"] and types[-1] == "done"
+    assert events[2]["data"]["on"] == job["ran_on"] == "local (CPU)"  # where placement sent it, on its row too
     # What the run was doing between steps, stored and streamed like every other event.
     phases = [e["data"] for e in events if e["type"] == "phase" and e["data"]["fraction"] in (None, 0.0)]
     assert [p["name"] for p in phases[:4]] == ["loading", "caching", "sampling", "training"]
@@ -142,7 +143,7 @@ def test_kill_9_interrupts_the_job_and_resume_gives_the_uninterrupted_lora(tmp_p
         assert RunDir(service_home / "runs" / "killed").read_run()["status"] == "interrupted"
         assert main(["jobs", "--server", second.url]) == 0
         row = next(line for line in capsys.readouterr().out.splitlines() if "runs/killed" in line)
-        assert "interrupted" in row and " auto " in row  # train jobs say where they run
+        assert "interrupted" in row and " local (CPU) " in row  # train jobs say where they ran
         assert main(["resume", str(job["id"]), "--server", second.url]) == 0
         resumed = second.get(f"/jobs/{job['id']}").json()
         assert resumed["state"] == "done" and resumed["attempt"] == 2
@@ -193,10 +194,15 @@ def test_a_queue_from_before_placement_keeps_its_jobs_and_learns_where_they_run(
         """)
     queue = SqliteJobQueue(path)
     old = queue.get(1)
-    assert (old.where, old.gpu, old.config, old.error) == ("auto", None, {"steps": 5}, "ran out of GPU memory")
+    assert (old.where, old.gpu, old.config, old.error, old.ran_on) == ("auto", None, {"steps": 5},
+                                                                       "ran out of GPU memory", None)
+    # Schema 3 keeps where placement sent an attempt; a new attempt is placed anew.
+    queue.add_event(1, "placed", {"where": "local", "gpu": None, "on": "local (CPU)", "reason": "r"})
+    assert queue.get(1).ran_on == "local (CPU)"
     moved = queue.requeue(1, {"steps": 5, "resume": True}, where="modal", gpu="A100-40GB")
-    assert (moved.state, moved.attempt, moved.where, moved.gpu) == ("queued", 2, "modal", "A100-40GB")
+    assert (moved.state, moved.attempt, moved.where, moved.gpu, moved.ran_on) == ("queued", 2, "modal", "A100-40GB",
+                                                                                  None)
     assert queue.events(1)[-1].data == {"attempt": 2, "resume": True, "where": "modal"}
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     assert SqliteJobQueue(path).get(1).where == "modal"  # opening a migrated queue again changes nothing

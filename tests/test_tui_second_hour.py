@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_model, dataset):
     home = make_home(tmp_path_factory.mktemp("second-hour-home"), models=tiny_model.parent, dataset=dataset)
-    service = Service(home).start()
+    # No Modal token, whatever this machine has: a run sent to Modal fails at once, as on a new install.
+    service = Service(home, env={"MODAL_CONFIG_PATH": str(home / "no-modal.toml")}).start()
     yield service
     service.stop()
 
@@ -175,3 +176,38 @@ def test_a_reopened_tui_names_the_running_job_and_quitting_says_it_goes_on(servi
         client.cancel(job["id"])
         service.wait_for(job["id"], {"cancelled", "done", "failed"})
     assert EngineLink(client).goodbye() is None  # nothing going on: nothing said
+
+
+def test_a_run_that_failed_before_writing_anything_is_in_runs_with_why_and_jobs_says_where_it_went(service, capsys):
+    from engine.cli import main
+
+    sent = service.post("/jobs", json={"kind": "train", "config": {**TINY, "out": "runs/to-modal", "steps": 2},
+                                       "where": "modal"})
+    assert sent.status_code == 201, sent.text
+    job = sent.json()
+    assert service.wait_for(job["id"], {"done", "failed", "cancelled"})[-1]["type"] == "failed"
+    assert not (service.home / "runs" / "to-modal" / "run.json").exists()  # the case: nothing on disk says it ran
+
+    # `likeness jobs` says where placement sent it (Modal's cheapest GPU that fits), not what was asked.
+    assert main(["jobs", "--server", service.url]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "runs/to-modal" in line)
+    assert "modal (A10G)" in row and "failed" in row
+
+    app = LikenessApp(EngineLink(ServiceClient(service.url)))
+
+    async def steps(pilot) -> None:
+        await pilot.press("escape")
+        await pilot.pause(0.3)  # escape then a digit at once reads as alt+digit
+        await pilot.press("5")
+        await until(pilot, lambda: type(app.screen).__name__ == "RunsScreen", what="Runs")
+        table = app.screen.query_one("#runs")
+        await until(pilot, lambda: "to-modal" in [key.value for key in table.rows], what="the failed run's row")
+        assert table.get_row("to-modal")[1] == "failed"
+        # Every short column is explained under the table.
+        legend = text(app, "#legend")
+        assert all(f"{column}:" in legend for column in ("face dist", "best likeness", "memorisation"))
+        table.move_cursor(row=table.get_row_index("to-modal"))
+        await until(pilot, lambda: "to-modal failed: no Modal token" in text(app, "#row-note"), what="why it failed")
+        assert f"likeness resume {job['id']}" in text(app, "#row-note")
+
+    run(app, steps)

@@ -169,12 +169,12 @@ class EngineLink:
         """The run as it will be sent, and where it goes, how long it takes, what it costs, what it samples.
 
         engine.placement decides where; a run on this machine's CPU draws smaller sample grids
-        (engine.training.eta.CPU_SAMPLING) unless the config says otherwise, and gets a CPU time estimate.
-        Raises pydantic's ValidationError for a config the engine would refuse.
+        (engine.training.eta.sampled_as_on_the_cpu) unless the config says otherwise, and gets a CPU
+        time estimate, as ``likeness train`` does. Raises pydantic's ValidationError for a config the
+        engine would refuse.
         """
         from engine.placement.decision import decide, model_family
-        from engine.training.config import TrainConfig
-        from engine.training.eta import CPU_SAMPLING, cpu_seconds, sampling_line
+        from engine.training.eta import CPU_SAMPLING, cpu_plan_line, sampled_as_on_the_cpu, sampling_line
 
         train_config, decision = self._decide(config, system)
         local, host_free_gib = _engine_devices(system)
@@ -185,19 +185,17 @@ class EngineLink:
             raise LikenessError("this run needs a GPU and there is none here, and Modal is not set up on the "
                                 "engine's machine (`modal token new` there); to try the interface, set Base model "
                                 "to tiny, the built-in test model")
-        line = decision.summary()
         if decision.where == "local" and decision.gpu is None:
-            config = {**{k: list(v) if isinstance(v, tuple) else v for k, v in CPU_SAMPLING.items()}, **config}
-            train_config = TrainConfig(data=Path("."), out=Path("."), **config)
+            train_config = sampled_as_on_the_cpu(train_config)
+            drawn = train_config.model_dump(mode="json", include=set(CPU_SAMPLING))
+            config = {**drawn, **config}
             # The savers' line names the sample batch, which depends on the smaller grid this run draws.
             decision = decide(train_config, local_gpus=local, host_free_gib=host_free_gib)
-            line = decision.summary()
             plan = decision.estimate.plan
-            minutes = cpu_seconds(train_config, model_family(train_config), plan.sample_batch if plan else 1) / 60
-            line += f"\n~{minutes:.0f} min on this CPU (rough); " if minutes >= 1 else "\nunder a minute on this CPU; "
-            line += sampling_line(train_config) + " (fewer than on a GPU: a CPU draws them slowly)"
+            line = decision.summary() + "\n" + cpu_plan_line(train_config, model_family(train_config),
+                                                              plan.sample_batch if plan else 1)
         else:
-            line += "\n" + sampling_line(train_config)
+            line = decision.summary() + "\n" + sampling_line(train_config)
         return config, line
 
     def _decide(self, config: dict, system: dict):

@@ -100,10 +100,26 @@ def card_words(name: str, free_gib: float) -> str:
 
 
 def print_dry_run(config, decision, settings, exact: bool, as_json: bool) -> None:
+    from engine.commands.where import cpu_line
+    from engine.training.eta import sampling_line
+
     simulated = simulate_for(config, decision, settings) if exact else None
     if as_json:
-        print(json.dumps(report_json(decision, simulated), indent=2))
+        report = report_json(decision, simulated)
+        if report["estimated_minutes"] is None and decision.where == "local" and decision.gpu is None:
+            report["estimated_minutes"] = round(cpu_minutes(config, decision), 1)
+        print(json.dumps(report, indent=2))
         return
     print(decision.describe())
+    # The time and the grids, as the Train screen's plan line says them.
+    print(f"time: {cpu_line(config, decision) or sampling_line(config)}")
     if simulated is not None:
         print(describe_simulation(decision, simulated))
+
+
+def cpu_minutes(config, decision) -> float:
+    from engine.placement.decision import model_family
+    from engine.training.eta import cpu_seconds
+
+    plan = decision.estimate.plan
+    return cpu_seconds(config, model_family(config), plan.sample_batch if plan else 1) / 60

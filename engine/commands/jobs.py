@@ -62,8 +62,9 @@ def list_jobs(args: argparse.Namespace) -> int:
     for job in jobs:
         progress = job.get("progress") or {}
         done = f"{progress['step']}/{progress['total']}" if progress else ""
+        # Where placement sent it once it has run; before that, where it was asked to run.
         gpu = f" ({job['gpu']})" if job.get("gpu") else ""
-        on = f"{job.get('where', 'auto')}{gpu}" if job["kind"] == "train" else ""
+        on = (job.get("ran_on") or f"{job.get('where', 'auto')}{gpu}") if job["kind"] == "train" else ""
         print(f"{job['id']:>5}  {job['kind']:<8}  {job['state']:<11}  {done:<12}  {job.get('run_dir') or '':<28}  "
               f"{on:<16}  {job['created_at'][:19].replace('T', ' ')}")
         note = job.get("stalled") or job.get("waiting")

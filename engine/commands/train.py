@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from engine.commands.common import add_config_flag, build_config, flag, switch
-from engine.commands.where import add_where_flags, decide_for, train_where
+from engine.commands.where import add_where_flags, cpu_line, decide_for, train_where
 
 
 def register(subparsers) -> None:
@@ -87,12 +88,15 @@ def run(args: argparse.Namespace) -> int:
         from engine.service.client import run_remote
 
         return run_remote(args.server, "train", config)
-    decision = decide_for(config, args)
+    config, decision = decide_for(config, args)
     if args.dry_run:
         from engine.commands.dry_run import print_dry_run
 
         print_dry_run(config, decision, Settings(), exact=args.exact, as_json=args.as_json)
         return 0
+    on_cpu = cpu_line(config, decision)
+    if on_cpu:
+        print(f"likeness: {on_cpu}", file=sys.stderr)
     progress = TerminalProgress()
     try:
         result = train_where(config, decision, args, Settings(), on_event=progress)

@@ -26,11 +26,14 @@ def add_where_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def decide_for(config, args: argparse.Namespace):
-    """The placement decision for ``config`` and the flags, against this machine's GPUs."""
+    """(config, decision): where ``config`` runs given the flags, against this machine's GPUs. A run
+    on this CPU draws the smaller sample grids the Train screen plans for, unless the flags or the
+    config file set them (engine.training.eta.sampled_as_on_the_cpu)."""
     from engine.placement.decision import decide, model_family, where_asked
     from engine.placement.gpus import detect_local_gpus
     from engine.settings import Settings
     from engine.training.checks import check_train_inputs
+    from engine.training.eta import sampled_as_on_the_cpu
 
     # Data, --out, --base and --rank are checked before anything is decided: a mistyped --base must
     # be reported as such, not as a Modal error on a machine without a GPU.
@@ -43,7 +46,23 @@ def decide_for(config, args: argparse.Namespace):
         gpus = [simulated_card(vram)]
     # A run on this machine's CPU chooses its savers against the RAM available (psutil: no torch).
     host_free = _ram_free_gib() if not gpus else None
-    return decide(config, args.where, args.gpu, gpus, host_free_gib=host_free)
+    decision = decide(config, args.where, args.gpu, gpus, host_free_gib=host_free)
+    if decision.where == "local" and decision.gpu is None:
+        cpu_config = sampled_as_on_the_cpu(config)
+        if cpu_config is not config:  # the sample batch follows the grid's size
+            config, decision = cpu_config, decide(cpu_config, args.where, args.gpu, gpus, host_free_gib=host_free)
+    return config, decision
+
+
+def cpu_line(config, decision) -> str | None:
+    """For a run on this machine's CPU: its rough time and the grids it draws; None elsewhere."""
+    if decision.where != "local" or decision.gpu is not None:
+        return None
+    from engine.placement.decision import model_family
+    from engine.training.eta import cpu_plan_line
+
+    plan = decision.estimate.plan
+    return cpu_plan_line(config, model_family(config), plan.sample_batch if plan else 1)
 
 
 def simulated_card(free_gib: float):

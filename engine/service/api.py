@@ -229,8 +229,9 @@ def create_app(settings: Settings, config: ServiceConfig, token: str | None) -> 
 
     @app.get("/runs", tags=["runs"])
     def list_runs() -> list[RunSummary]:
-        """Runs with the fields of run.json they are compared by."""
-        return catalog.list_runs(home)
+        """Runs with the fields of run.json they are compared by, and runs whose train job ended
+        before writing one (a failed start), with the job's state and why."""
+        return catalog.with_jobs(catalog.list_runs(home), queue.list(kind="train"))
 
     @app.get("/runs/{name}", tags=["runs"])
     def get_run(name: Name) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from engine.damaged import DamagedFile, read_json_object
 from engine.models.lora_files import LORA_FILENAME
 from engine.service.errors import Damaged, NotFound, PathRefused
-from engine.service.models import DatasetSummary, RunSummary, name_problem
+from engine.service.models import DatasetSummary, Job, RunSummary, name_problem
 from engine.service.security import contained
 from engine.training.run_dir import RunDir
 
@@ -200,6 +200,32 @@ def list_runs(home: Path) -> list[RunSummary]:
     """Every run; one whose run.json is damaged is listed with `damaged` saying why."""
     return [run_summary(home, path.parent) for path in sorted((home / RUNS).glob("*/run.json"))
             if _inside_home(home, path)]
+
+
+def with_jobs(runs: list[RunSummary], jobs: list[Job]) -> list[RunSummary]:
+    """`runs` as their train jobs (newest first) leave them. A job that ended before its run wrote
+    run.json (a failed load, no Modal token) is listed too, so a failure shows where runs are compared;
+    a run.json still saying "running" after its job ended takes the job's state; each run names its
+    newest job and, if that one ended badly, why."""
+    newest: dict[str, Job] = {}
+    for job in jobs:
+        if job.kind == "train" and job.run_dir and Path(job.run_dir).parent == Path(RUNS):
+            newest.setdefault(Path(job.run_dir).name, job)
+    by_name = {run.name: run for run in runs}
+    for name, job in newest.items():
+        run = by_name.get(name)
+        if run is None:
+            if name_problem(name) is not None:
+                continue
+            run = by_name[name] = RunSummary(name=name, status=job.state, steps=job.config.get("steps"),
+                                             base=job.config.get("base"), lora_rank=job.config.get("rank"),
+                                             resolution=job.config.get("resolution"), where=job.ran_on)
+        elif run.status == "running" and job.state not in ("queued", "running"):
+            run.status = job.state
+        run.job_id = job.id
+        if job.state in ("failed", "cancelled", "interrupted"):
+            run.error = job.error
+    return [by_name[name] for name in sorted(by_name)]
 
 
 def run_detail(home: Path, name: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled", "interr
 EventType = Literal[
     "queued",  # submitted, or resumed as a new attempt
     "running",  # a worker process took it
+    "placed",  # train jobs: where this attempt runs, as placement decided: where, gpu, on, reason
     "started",  # models loaded, the loop begins: first_step, total
     "progress",  # step, total, loss, lr, seconds_per_step, eta_seconds (prep: stage too)
     "phase",  # name (loading, caching, sampling, training), index and total of a grid, fraction drawn, text
@@ -80,6 +81,8 @@ class Job(BaseModel):
     error: str | None = Field(default=None, description="One-line reason when failed, cancelled or interrupted.")
     where: Where = Field(default="auto", description="Train jobs: where to run (auto: here if it fits, else Modal).")
     gpu: GpuName | None = Field(default=None, description="Train jobs: the Modal GPU; None lets placement choose.")
+    ran_on: str | None = Field(default=None, description="Train jobs: where the newest attempt runs, once placement "
+                                                         "decided ('modal (A10G)', 'local (CPU)'); None before.")
     log: str | None = Field(default=None, description="The worker's log file, relative to LIKENESS_HOME.")
     cancel_requested: bool = False
     worker_pid: int | None = Field(default=None, description="Process id of the current attempt's worker.")
@@ -230,6 +233,8 @@ class RunSummary(BaseModel):
     finished_at: str | None = None
     lora_url: str | None = Field(default=None, description="Download of the final LoRA, once there is one.")
     latest_sample_url: str | None = None
+    job_id: int | None = Field(default=None, description="The newest train job that wrote this run, if the queue has it.")
+    error: str | None = Field(default=None, description="Why that job failed, was cancelled or interrupted (one line).")
     damaged: str | None = _damaged()
 
 

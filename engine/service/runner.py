@@ -433,6 +433,11 @@ class EventRecorder:
             print(f"{_now()} {event.message}", flush=True)
             self._add("log", {"message": event.message})
 
+    def placed(self, decision) -> None:
+        """Where this attempt runs: on the job's row for lists (`likeness jobs`), and in its events."""
+        on = f"{decision.where} ({decision.gpu or 'CPU'})"
+        self._add("placed", {"where": decision.where, "gpu": decision.gpu, "on": on, "reason": decision.reason})
+
     def _run_id(self) -> str | None:
         if self.job.kind != "train" or not isinstance(self.job.config.get("out"), str):
             return None
@@ -462,6 +467,7 @@ def _run_train(job: Job, settings: Settings, recorder: EventRecorder) -> dict[st
     # GPU, else on the cheapest Modal GPU that fits (the TUI shows this decision before submitting).
     look = job.where != "modal" and config.device != "cpu" and model_family(config) != "tiny"
     decision = decide(config, job.where, job.gpu, detect_local_gpus() if look else [])
+    recorder.placed(decision)
     if decision.where != "local":
         recorder(_log(f"training on {decision.where} ({decision.gpu}): {decision.reason}"))
     result = choose_executor(decision).train(config, settings, recorder, recorder.step_hook)

@@ -27,7 +27,7 @@ from engine.service.models import FINAL_STATES, Job, JobEvent, JobKind
 from engine.service.queue import JobQueue
 
 DB_FILENAME = "jobs.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     last_event_id INTEGER NOT NULL DEFAULT 0,
     placement TEXT NOT NULL DEFAULT 'auto',
-    gpu TEXT
+    gpu TEXT,
+    ran_on TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, queued_at);
 CREATE TABLE IF NOT EXISTS events (
@@ -69,6 +70,8 @@ def _migrate(db: sqlite3.Connection) -> None:
     if "placement" not in columns:  # version 1 -> 2: where a train job runs
         db.execute("ALTER TABLE jobs ADD COLUMN placement TEXT NOT NULL DEFAULT 'auto'")
         db.execute("ALTER TABLE jobs ADD COLUMN gpu TEXT")
+    if "ran_on" not in columns:  # version 2 -> 3: where placement sent the newest attempt
+        db.execute("ALTER TABLE jobs ADD COLUMN ran_on TEXT")
 
 
 def _storage_error(error: sqlite3.Error) -> StorageError:
@@ -181,7 +184,7 @@ class SqliteJobQueue(JobQueue):
             error=row["error"], log=row["log"], cancel_requested=bool(row["cancel_requested"]),
             worker_pid=row["worker_pid"], progress=json.loads(row["progress"]) if row["progress"] else None,
             result=json.loads(row["result"]) if row["result"] else None, last_event_id=row["last_event_id"],
-            where=row["placement"], gpu=row["gpu"],
+            where=row["placement"], gpu=row["gpu"], ran_on=row["ran_on"],
         )
 
     def _get(self, db: sqlite3.Connection, job_id: int) -> Job:
@@ -239,6 +242,8 @@ class SqliteJobQueue(JobQueue):
         db.execute("UPDATE jobs SET last_event_id = ? WHERE id = ?", (event.id, job_id))
         if type == "progress":
             db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(event.data), job_id))
+        elif type == "placed":
+            db.execute("UPDATE jobs SET ran_on = ? WHERE id = ?", (event.data.get("on"), job_id))
         return event
 
     def add_event(self, job_id: int, type: str, data: dict[str, Any] | None = None) -> JobEvent:
@@ -316,7 +321,7 @@ class SqliteJobQueue(JobQueue):
             gpu = gpu or (job.gpu if where == job.where else None)
             db.execute("UPDATE jobs SET state = 'queued', config = ?, attempt = attempt + 1, queued_at = ?, "
                        "finished_at = NULL, error = NULL, cancel_requested = 0, worker_pid = NULL, result = NULL, "
-                       "placement = ?, gpu = ? WHERE id = ?", (json.dumps(config), _now(), where, gpu, job_id))
+                       "placement = ?, gpu = ?, ran_on = NULL WHERE id = ?", (json.dumps(config), _now(), where, gpu, job_id))
             self._event(db, job_id, "queued", {"attempt": job.attempt + 1, "resume": True, "where": where})
             return self._get(db, job_id)
 

@@ -67,6 +67,25 @@ def cpu_seconds(config: TrainConfig, family: str, sample_batch: int = 1) -> floa
     return fixed + config.steps * per_step + grids_in_run(config) * per_grid
 
 
+def sampled_as_on_the_cpu(config: TrainConfig) -> TrainConfig:
+    """``config`` with CPU_SAMPLING's smaller grids for each sampling field it was not given (a flag,
+    a config file or the Train screen's form set it): the CLI and the TUI draw the same grids on a CPU."""
+    unset = {key: value for key, value in CPU_SAMPLING.items() if key not in config.model_fields_set}
+    if not unset or not config.sample_every:
+        return config
+    return TrainConfig.model_validate({**config.model_dump(exclude_unset=True), **unset})
+
+
+def cpu_plan_line(config: TrainConfig, family: str, sample_batch: int = 1) -> str:
+    """One line for a run on this machine's CPU: its rough time and the sample grids it draws."""
+    minutes = cpu_seconds(config, family, sample_batch) / 60
+    time = f"~{minutes:.0f} min on this CPU (rough)" if minutes >= 1 else "under a minute on this CPU"
+    sampling = sampling_line(config)
+    if config.sample_every and all(getattr(config, key) == value for key, value in CPU_SAMPLING.items()):
+        sampling += " (fewer than on a GPU: a CPU draws them slowly)"
+    return f"{time}; {sampling}"
+
+
 def sampling_line(config: TrainConfig) -> str:
     """What each sample grid holds, in a few words."""
     if not config.sample_every:

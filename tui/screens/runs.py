@@ -16,11 +16,31 @@ from textual.widgets import DataTable, Static
 from tui.screens.base import EngineScreen
 from tui.widgets.picture import Picture
 
-# Short headers and values: at 160 columns the whole comparison fits, likeness and memorisation included.
-# "face dist" is the last grid's face distance; "best likeness" the best grid's, "at step" its step.
+# Short headers and values: at 160 columns the whole comparison fits, likeness and memorisation
+# included; LEGEND, under the table, says what the short ones mean.
 COLUMNS = ("run", "status", "dataset", "size", "images", "steps", "GPU", "rank", "time", "cost", "peak memory",
            "final loss", "face dist", "best likeness", "at step", "memorisation")
 MARKED_STYLE = "bold reverse"
+
+
+def legend() -> str:
+    from engine.training.recommend import THRESHOLDS
+
+    same, copies = THRESHOLDS.good_likeness, THRESHOLDS.memorisation_limit
+    return (f"face dist: the newest sample grid's mean face distance to your photos, lower is more alike (under "
+            f"{same:.2f}: the same person) · best likeness: the lowest median face distance of any grid, at step · "
+            f"memorisation: at that step, 0 draws the person anew, {copies:.2f} or more copies a training photo")
+
+
+def row_note(run: dict) -> str:
+    """The line under the legend for the run the cursor is on: why a run failed, and how to go on."""
+    if run.get("damaged"):
+        return f"{run['name']}: {run['damaged']}"
+    if run.get("error"):
+        job = run.get("job_id")
+        resume = f"; to go on, pick job {job} on Live run (3) and press r, or `likeness resume {job}`" if job else ""
+        return f"{run['name']} {run.get('status') or 'ended'}: {run['error']}{resume}"
+    return ""
 
 
 def run_row(run: dict) -> tuple[str, ...]:
@@ -62,6 +82,8 @@ class RunsScreen(EngineScreen):
     def compose(self) -> ComposeResult:
         yield from self.compose_frame()
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Static(legend(), id="legend", classes="status")
+        yield Static("", id="row-note")
         yield Static("space marks a run (marked rows are highlighted); mark two to see their newest sample grids "
                      "side by side; f shows the second full-screen (tab to a grid, enter: that one)", id="hint",
                      classes="status")
@@ -130,6 +152,11 @@ class RunsScreen(EngineScreen):
     def action_full_screen(self) -> None:
         right = self.query_one("#grid-right", Picture)
         (right if right.image is not None else self.query_one("#grid-left", Picture)).action_full_screen()
+
+    @on(DataTable.RowHighlighted)
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        run = self.runs.get(event.row_key.value) if event.row_key is not None else None
+        self.query_one("#row-note", Static).update(row_note(run) if run else "")
 
     @on(DataTable.RowSelected)
     def selected(self) -> None:
