@@ -6,7 +6,6 @@ import sys
 
 from engine.events import Event, Log, OverfittingWarning, Phase, Progress, SampleReady, Started
 
-
 # tqdm's own rate and time left count only the bar's updates, so a run that pauses for sample grids
 # showed two rates and an ETA without the grids: the bar shows the engine's figures instead, which
 # count the grids (engine.training.eta).

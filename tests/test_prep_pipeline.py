@@ -334,6 +334,9 @@ def test_cli_prep_writes_the_dataset_and_prints_a_summary(tmp_path, monkeypatch,
     assert code == 0 and time.perf_counter() - started < 60
     out = capsys.readouterr().out
     assert "found 3 photos" in out and "accepted 2" in out and "no face: 1" in out and "images/second" in out
+    sheet = next(line for line in out.splitlines() if line.startswith("contact sheet: "))
+    assert Path(sheet.removeprefix("contact sheet: ")) == tmp_path / "ds" / "report.png"
+    assert (tmp_path / "ds" / "report.png").is_file()
     assert (tmp_path / "ds" / "images" / "0001.txt").read_text() == "a photo of zwx woman\n"
 
 

@@ -211,3 +211,29 @@ def test_a_run_that_failed_before_writing_anything_is_in_runs_with_why_and_jobs_
         assert f"likeness resume {job['id']}" in text(app, "#row-note")
 
     run(app, steps)
+
+
+def test_refusals_name_the_forms_field_in_plain_words_and_an_empty_step_is_not_red(service, tmp_path):
+    app = LikenessApp(EngineLink(ServiceClient(service.url)))
+
+    async def steps(pilot) -> None:
+        await until(pilot, lambda: type(app.screen).__name__ == "PhotosScreen", what="Photos")
+        app.screen.query_one("#photos", Input).value = str(tmp_path)
+        app.screen.query_one("#size", Input).value = "5000"
+        await pilot.press("escape")
+        await pilot.press("p")
+        await until(pilot, lambda: "not started" in text(app, "#summary"), what="the refusal")
+        # Not "options.size: Input should be less than or equal to 4096".
+        assert "not started: Training size must be at most 4096" in text(app, "#summary")
+
+        await pilot.press("escape")
+        await pilot.pause(0.3)  # escape then a digit at once reads as alt+digit
+        await pilot.press("4")
+        await until(pilot, lambda: type(app.screen).__name__ == "GenerateScreen", what="Generate")
+        step = app.screen.query_one("#step", Input)
+        step.focus()
+        await pilot.press("5", "backspace", "tab")
+        await pilot.pause()
+        assert step.value == "" and not step.has_class("-invalid")  # empty: the recommended step, the default
+
+    run(app, steps)

@@ -175,3 +175,23 @@ def test_train_plan_says_modal_is_not_set_up_before_starting_and_offers_tiny():
     assert "CPU" in line
     _, line = link.plan(sdxl, {**no_gpu, "modal_configured": True})
     assert "modal" in line
+
+
+def test_a_jobs_end_says_its_state_once():
+    from engine.service.client import ended_words
+
+    assert ended_words("cancelled", "cancelled at step 20") == "cancelled at step 20"  # not "cancelled cancelled"
+    assert ended_words("failed", "no Modal token on this machine") == "failed: no Modal token on this machine"
+    assert ended_words("done", None) == ended_words("done", " ") == "done"
+
+
+def test_refusals_read_in_the_forms_words():
+    from tui.field_words import in_form_words
+
+    labels = {"size": "Training size", "steps": "Denoising steps"}
+    assert (in_form_words("service: options.size: Input should be less than or equal to 4096", labels)
+            == "Training size must be at most 4096")
+    assert in_form_words("steps: Input should be greater than 0", labels) == "Denoising steps must be more than 0"
+    assert (in_form_words("rank: Input should be greater than or equal to 1", labels)
+            == "rank: Input should be greater than or equal to 1")  # a field this form has not: as it came
+    assert in_form_words("the folder is not allowed: /x", labels) == "the folder is not allowed: /x"

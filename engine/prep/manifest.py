@@ -197,4 +197,6 @@ class PrepReport(BaseModel):
             lines.append(f"hint: {self.hint.text()}")
         lines.append(f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/second")
         lines.append(f"dataset: {self.dataset}")
+        # The picture to look at before training: every crop kept, every photo refused and why.
+        lines.append(f"contact sheet: {self.dataset / 'report.png'}")
         return "\n".join(lines)

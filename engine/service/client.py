@@ -214,6 +214,15 @@ def follow_to_end(client: ServiceClient, job_id: int, progress, last_event_id: i
     return report_end(job_id, final)
 
 
+def ended_words(kind: str, reason: str | None) -> str:
+    """'cancelled at step 20', 'failed: no Modal token…': a final event's type and reason, the type
+    said once (a cancel's reason already starts with 'cancelled')."""
+    reason = (reason or "").strip()
+    if not reason:
+        return kind
+    return reason if reason.startswith(kind) else f"{kind}: {reason}"
+
+
 def report_end(job_id: int, final: dict[str, Any] | None) -> int:
     """Print how a followed job ended; 0 when done."""
     if final is None:
@@ -238,5 +247,5 @@ def report_end(job_id: int, final: dict[str, Any] | None) -> int:
     elif final["type"] == "interrupted":
         print(f"likeness: job {job_id} was interrupted; `likeness resume {job_id}` continues it", file=sys.stderr)
     else:
-        print(f"likeness: job {job_id} was cancelled ({data.get('reason', '')})", file=sys.stderr)
+        print(f"likeness: job {job_id} {ended_words('cancelled', data.get('reason'))}", file=sys.stderr)
     return 1

@@ -9,6 +9,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
 from engine.errors import LikenessError
+from engine.service.client import ended_words
+from tui.field_words import in_form_words
 from tui.messages import JobEvent
 from tui.screens.base import EngineScreen
 from tui.widgets.picture import Picture
@@ -29,6 +31,11 @@ def parse_sweeps(text: str) -> list[str]:
     return split_sweeps(text)
 
 
+# The engine's names for the form's fields, for its refusals.
+LABELS = {"steps": "Denoising steps", "step": "Checkpoint step", "prompt": "Prompt template", "lora": "Run",
+          "sweeps": "Sweeps"}
+
+
 class GenerateScreen(EngineScreen):
     BINDINGS = [("g", "generate", "Generate"), Binding("f", "full_screen", "Full screen"),
                 ("c", "copy_path", "Copy grid path"), ("r", "refresh", "Refresh")]
@@ -47,7 +54,8 @@ class GenerateScreen(EngineScreen):
                     yield Label("Run")
                     yield Select([], prompt="train one first (2)", id="run")
                     yield Label("Checkpoint step (empty: recommended, else final)")
-                    yield Input(placeholder="final", id="step", type="integer")
+                    # Empty is the default (the recommended step), not a mistake: it must not turn red.
+                    yield Input(placeholder="final", id="step", type="integer", valid_empty=True)
                     yield Label("Preset")
                     yield Select([("age 5 → 80", "age"), ("strength 0 → 1", "strength"),
                                   ("temperature 0 → 1", "temperature"),
@@ -121,7 +129,7 @@ class GenerateScreen(EngineScreen):
         self.query_one("#progress", ProgressBar).update(total=100, progress=0)
         self._status(f"sending the request for {run}…")
         self.call_engine(lambda: self.link.generate(run, config, sweeps), self._submitted,
-                         lambda error: self._status(f"not started: {error}"))
+                         lambda error: self._status(f"not started: {in_form_words(error, LABELS)}"))
 
     def _submitted(self, job_id: int) -> None:
         self.job_id = job_id
@@ -160,7 +168,7 @@ class GenerateScreen(EngineScreen):
                          + (f"\n{self.lora_text}" if getattr(self, "lora_text", None) else ""))
         elif event.kind in ("failed", "cancelled", "interrupted"):
             self.state = event.kind
-            self._status(f"job {event.job_id} {event.kind}: {event.data.get('reason', '')}")
+            self._status(f"job {event.job_id} {ended_words(event.kind, event.data.get('reason'))}")
 
     def _show_waiting(self, ahead: int | None) -> None:
         if self.state == "queued":

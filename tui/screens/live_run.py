@@ -10,6 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Label, Log, ProgressBar, Select, Static
 
+from engine.service.client import ended_words
 from tui.messages import JobEvent
 from tui.screens.base import EngineScreen
 from tui.widgets.curves import LikenessCurves
@@ -183,7 +184,8 @@ class LiveRunScreen(EngineScreen):
         elif event.kind in FINAL:
             self.state = event.kind
             reason = data.get("reason") or ""
-            self._log(f"job {event.kind} {reason}".rstrip())
+            ended = ended_words(event.kind, reason)
+            self._log(f"job {ended}")
             self.query_one("#cancel", Button).disabled = True
             self.query_one("#resume", Button).disabled = event.kind == "done"
             self.query_one("#phase", Static).update("")
@@ -199,7 +201,9 @@ class LiveRunScreen(EngineScreen):
                 result = data["result"]
                 self.call_engine(self.link.system, lambda system: self._show_outputs(result, system.get("home")))
             last = f" at {self.progress_text.split('  ETA')[0]}" if self.progress_text else ""
-            stats.update(f"{event.kind}{last}. {reason}".strip())
+            # "cancelled at step 6/30." once, not "cancelled at step 6/30. cancelled at step 6"
+            said = "" if reason.startswith(event.kind) else reason
+            stats.update(f"{event.kind}{last}. {said}".strip())
             self.action_refresh()
 
     def _show_outputs(self, result: dict, home: str | None) -> None:

@@ -10,6 +10,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static
 
+from engine.service.client import ended_words
+from tui.field_words import in_form_words
 from tui.messages import JobEvent
 from tui.screens.base import EngineScreen
 from tui.widgets.picture import Picture
@@ -26,6 +28,11 @@ def verdict_rows(entries: list[dict]) -> list[tuple[str, str, str]]:
              " · ".join(str(part) for part in (e.get("reason"), e.get("detail")) if part))
             for e in entries]
     return sorted(rows, key=lambda row: row[1] == "kept")
+
+
+# The engine's names for the form's fields, for its refusals.
+LABELS = {"name": "Dataset name", "framing": "Framing", "min_sharpness": "Min sharpness",
+          "max_identity_distance": "Max identity distance", "size": "Training size", "photos": "Photos"}
 
 
 class PhotosScreen(EngineScreen):
@@ -124,7 +131,8 @@ class PhotosScreen(EngineScreen):
         self.query_one("#rejected", DataTable).clear()
         self.query_one("#summary", Static).update(f"sending {photos} to the engine as dataset '{name}'…")
         self.call_engine(lambda: self.link.prepare(name, photos, options), self._started,
-                         lambda error: self.query_one("#summary", Static).update(f"not started: {error}"))
+                         lambda error: self.query_one("#summary", Static).update(
+                             f"not started: {in_form_words(error, LABELS)}"))
 
     def _number(self, field: str, label: str, default, kind):
         text = self.query_one(f"#{field}", Input).value.strip()
@@ -175,7 +183,7 @@ class PhotosScreen(EngineScreen):
             self.call_engine(lambda: (self.link.dataset_manifest(self.dataset), self.link.dataset_report(self.dataset)),
                              self._show_result)
         elif event.kind in ("failed", "cancelled", "interrupted"):
-            self.query_one("#summary", Static).update(f"prep {event.kind}: {event.data.get('reason', '')}")
+            self.query_one("#summary", Static).update(f"prep {ended_words(event.kind, event.data.get('reason'))}")
             self._show_verdicts(event.data.get("entries") or [])
             self._offer_hint(event.data.get("hint"))
 

@@ -9,6 +9,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from engine.errors import LikenessError
+from tui.field_words import plain
 from tui.screens.base import EngineScreen, one_line
 
 # The seed's two rounds: about 40 good photos trained well in 500 steps at rank 16; a 1,500-photo
@@ -51,7 +52,7 @@ def field_error(error: Exception) -> str:
         return str(error)
     first = errors()[0]
     field = str(first["loc"][0]) if first.get("loc") else ""
-    message = first.get("msg", "").removeprefix("Value error, ")
+    message = plain(first.get("msg", ""))
     return f"{LABELS.get(field, field)}: {message}" if field else message
 
 
