@@ -15,14 +15,19 @@ BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 class TerminalProgress:
     """An event sink that draws a tqdm bar on stderr and prints log lines and new sample grids."""
 
-    def __init__(self, unit: str = "step", stream=None):
+    def __init__(self, unit: str = "step", stream=None, header: str | None = None):
         self.unit = unit
         self.stream = stream or sys.stderr
         self.bar = None
+        # Said when the work itself begins, so that a refused input's error stays the only line.
+        self.header = header
 
     def __call__(self, event: Event) -> None:
         from tqdm import tqdm
 
+        if self.header and isinstance(event, (Started, Phase)):
+            self._print(self.header)
+            self.header = None
         if isinstance(event, Started):
             self.close()
             self.bar = tqdm(total=event.total, initial=event.first_step, unit=self.unit, file=self.stream,

@@ -176,6 +176,7 @@ def test_live_run_shows_the_followed_jobs_own_state_and_switches_jobs(service):
         await pilot.press("j")
         select = live.query_one("#job", Select)
         assert select.expanded
+        assert select.prompt == "pick a training job"  # not "no training job yet" with two listed
         await pilot.press("escape")
         select.value = first["id"]
         await until(pilot, lambda: live.job_id == first["id"] and "step " in text(app, "#stats"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from engine.commands.common import add_config_flag, build_config, flag, switch
@@ -95,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print_dry_run(config, decision, Settings(), exact=args.exact, as_json=args.as_json)
         return 0
     on_cpu = cpu_line(config, decision)
-    if on_cpu:
-        print(f"likeness: {on_cpu}", file=sys.stderr)
-    progress = TerminalProgress()
+    progress = TerminalProgress(header=f"likeness: {on_cpu}" if on_cpu else None)
     try:
         result = train_where(config, decision, args, Settings(), on_event=progress)
     finally:

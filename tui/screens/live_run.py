@@ -17,6 +17,7 @@ from tui.widgets.curves import LikenessCurves
 from tui.widgets.picture import Picture
 
 FINAL = ("done", "failed", "cancelled", "interrupted")
+NO_JOB_YET = "no training job yet: start one on the Train screen (2)"
 
 
 def format_eta(seconds: float | None) -> str:
@@ -52,7 +53,7 @@ class LiveRunScreen(EngineScreen):
         with Horizontal():
             with Vertical(classes="panel side"):
                 yield Label("Live run", classes="panel--title", id="title")
-                yield Select([], prompt="no training job yet: start one on the Train screen (2)", id="job")
+                yield Select([], prompt=NO_JOB_YET, id="job")
                 with Horizontal(classes="buttons"):
                     yield Button("Cancel", variant="error", id="cancel", disabled=True)
                     yield Button("Resume", variant="success", id="resume", disabled=True)
@@ -82,6 +83,8 @@ class LiveRunScreen(EngineScreen):
         trains = [job for job in jobs if job["kind"] == "train"]
         select = self.query_one("#job", Select)
         with self.prevent(Select.Changed):
+            # The blank choice's words: "no training job yet" is wrong once there is one.
+            select.prompt = "pick a training job" if trains else NO_JOB_YET
             select.set_options([(job_label(job), job["id"]) for job in trains])
             if self.job_id in {job["id"] for job in trains}:
                 select.value = self.job_id
