@@ -35,8 +35,14 @@ def labelled_grid(
     line_h = font_size + 4
     chars_per_line = max(8, int(cell_w / (font_size * 0.55)))
     wrapped_cols = [textwrap.wrap(label, chars_per_line) or [""] for label in column_labels]
-    row_chars = max(10, min(32, max((len(label) for label in row_labels), default=10)))
-    wrapped_rows = [textwrap.wrap(label, row_chars) or [""] for label in row_labels]
+    # The row labels (a sample grid's prompts) take at most 40 % of the grid's width, so the pictures
+    # keep most of it when the grid is shrunk into a terminal; a label too long for its row ends in "…"
+    # (the PNG's Description text keeps every label whole).
+    cells_w = cell_w * max(len(r) for r in rows)
+    fits = int((cells_w * 2 / 3 - 16) / (font_size * 0.55))
+    row_chars = max(8, min(32, fits, max((len(label) for label in row_labels), default=10)))
+    lines_per_row = max(1, (cell_h - 4) // line_h)
+    wrapped_rows = [_clip(textwrap.wrap(label, row_chars) or [""], lines_per_row) for label in row_labels]
     left = int(row_chars * font_size * 0.55) + 16 if any(row_labels) else 0
     width = left + cell_w * max(len(r) for r in rows)
     # The title wraps to the grid's width: a long prompt stays whole on a narrow grid.
@@ -62,11 +68,36 @@ def labelled_grid(
                 small = _font(max(8, font_size - 2))
                 draw.rectangle((x, y + cell_h - font_size - 2, x + cell_w - 1, y + cell_h - 1), fill=_BACKGROUND)
                 draw.text((x + 3, y + cell_h - font_size - 1), label, fill=_INK, font=small)
+    # Said again as text, for whatever cannot read small print: the TUI's caption, an image viewer.
+    if title:
+        canvas.info["Title"] = title
+    canvas.info["Description"] = grid_description(row_labels, column_labels)
     return canvas
 
 
+def grid_description(row_labels: list[str], column_labels: list[str]) -> str:
+    """What a grid's rows and columns are, in one line of text."""
+    parts = [f"{name}: " + " | ".join(labels) for name, labels in (("rows", row_labels), ("columns", column_labels))
+             if any(labels)]
+    return "; ".join(parts)
+
+
+def _clip(lines: list[str], most: int) -> list[str]:
+    if len(lines) <= most:
+        return lines
+    return [*lines[:most - 1], lines[most - 1][:-1].rstrip() + "…"]
+
+
 def save_png_atomically(image: Image.Image, path: Path, pnginfo=None) -> None:
-    """Write to a temporary name and rename, so a watcher never reads half a PNG."""
+    """Write to a temporary name and rename, so a watcher never reads half a PNG; a grid's title
+    and description go in as PNG text."""
+    if pnginfo is None and any(key in image.info for key in ("Title", "Description")):
+        from PIL.PngImagePlugin import PngInfo
+
+        pnginfo = PngInfo()
+        for key in ("Title", "Description"):
+            if image.info.get(key):
+                pnginfo.add_itxt(key, image.info[key])
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     image.save(partial, format="PNG", pnginfo=pnginfo)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from engine.generation.generator import GenerateConfig, generate
 
@@ -201,6 +202,17 @@ def test_generate_defaults_to_the_recommended_checkpoint_and_says_so(trained_run
     sidecar = json.loads((tmp_path / "gen" / "images" / "0000.json").read_text())
     assert sidecar["checkpoint_step"] == 3
     assert sidecar["lora"] == str((run / "checkpoints" / "step-000003" / "lora.safetensors").resolve())
+    # export hands over the LoRA generate drew with, not the final one, and says a tiny model's LoRA
+    # is not one ComfyUI loads.
+    assert main(["export", str(run), "--out", str(tmp_path / "default.safetensors")]) == 0
+    said = capsys.readouterr().out
+    assert "exported step 3, the run's recommended checkpoint" in said and "loads only on that model" in said
+    assert main(["export", str(run), "--step", "3", "--out", str(tmp_path / "three.safetensors")]) == 0
+    assert main(["export", str(run), "--step", "6", "--out", str(tmp_path / "final.safetensors")]) == 0
+    capsys.readouterr()
+    default, three, last = (load_file(str(tmp_path / f"{n}.safetensors")) for n in ("default", "three", "final"))
+    assert all(torch.equal(default[k], three[k]) for k in three)
+    assert not all(torch.equal(default[k], last[k]) for k in last)
     events = []
 
     # --step still wins, and a recommendation whose checkpoint is gone falls back to the final LoRA.

@@ -147,20 +147,21 @@ GREEN, BLUE, RED = (44, 160, 44), (31, 119, 180), (214, 39, 40)  # matplotlib's 
 
 def test_curves_png_marks_the_recommended_step_and_draws_the_sample_curves(tmp_path):
     metrics = rows([0.72, 0.50, 0.40, 0.39, 0.35], [0.10, 0.20, 0.30, 0.45, 0.75])
-    marked = draw_curves(metrics, recommend(metrics), tmp_path / "curves.png")
+    marked = draw_curves(metrics, recommend(metrics), tmp_path / "curves.png", "me (tiny, rank 4, 5 steps)")
     assert Image.open(marked).size == (1000, 800)
+    assert Image.open(marked).text["Title"].startswith("me (tiny, rank 4, 5 steps) · recommended: step")
     assert colour_pixels(marked, GREEN) > 500  # the recommended step's line through all three panels
     assert colour_pixels(marked, BLUE) > 500 and colour_pixels(marked, RED) > 500  # likeness, memorisation
 
     empty = draw_curves(rows([None, None], [0.0, 0.0]), recommend(rows([None, None], [0.0, 0.0])),
-                        tmp_path / "no-faces.png")
+                        tmp_path / "no-faces.png", "me")
     assert colour_pixels(empty, GREEN) == 0  # nothing recommended: no line
     assert colour_pixels(empty, BLUE) < colour_pixels(marked, BLUE) / 3  # only the same-person line, no curve
 
 
 def test_curves_png_with_loss_only(tmp_path):
     metrics = [{"step": s, "loss": 1.0 / s} for s in range(1, 40)]
-    path = draw_curves(metrics, Recommendation(None, "no sample grids"), tmp_path / "curves.png")
+    path = draw_curves(metrics, Recommendation(None, "no sample grids"), tmp_path / "curves.png", "me")
     assert path.is_file() and colour_pixels(path, GREEN) == 0
 
 

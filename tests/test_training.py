@@ -58,6 +58,7 @@ def test_a_run_leaves_lora_samples_metrics_and_a_full_record(trained_run, photos
 
     with Image.open(trained_run / "curves.png") as curves:
         assert curves.size == (1000, 800)
+        assert curves.text["Title"].startswith(f"{trained_run.name} (tiny, rank {record['lora_rank']}, 6 steps) · ")
     assert run.checkpoint_steps() == [3]
 
 

@@ -80,7 +80,18 @@ def test_photos_to_train_to_live_run_to_generate_to_runs(service, photos):
             live = app.screen
             await until(pilot, lambda: len(live.grids) >= 2, what="sample grids")
             await until(pilot, lambda: bool(live.query("#grid Image")), what="a grid on screen")
+            # Cancel asks first: n keeps the job running, y cancels it.
             await pilot.press("c")
+            await until(pilot, lambda: type(app.screen).__name__ == "Confirm", what="the cancel question")
+            assert f"Cancel job {live.job_id}?" in text(app, "#question")
+            await pilot.press("n")
+            await until(pilot, lambda: app.screen is live, what="the question to close")
+            steps_then = len(live.losses)
+            await until(pilot, lambda: len(live.losses) > steps_then, what="the job to go on")
+            assert live.query_one("#resume", Button).disabled
+            await pilot.press("c")
+            await until(pilot, lambda: type(app.screen).__name__ == "Confirm", what="the cancel question")
+            await pilot.press("y")
             await until(pilot, lambda: not live.query_one("#resume", Button).disabled, what="cancel to land")
             assert "cancelled" in text(app, "#stats")
             first_job = live.job_id

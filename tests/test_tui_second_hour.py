@@ -237,3 +237,31 @@ def test_refusals_name_the_forms_field_in_plain_words_and_an_empty_step_is_not_r
         assert step.value == "" and not step.has_class("-invalid")  # empty: the recommended step, the default
 
     run(app, steps)
+
+
+def test_a_verdict_too_long_for_the_table_is_shown_in_full_under_it(service, photos):
+    import shutil
+
+    folder = service.home / "messy"  # inside the engine's photo roots
+    shutil.copytree(photos, folder)
+    (folder / "a-photo-whose-name-is-far-too-long-for-the-narrow-verdict-table-beside-the-sheet.jpg").write_bytes(
+        b"not a jpeg at all")
+    app = LikenessApp(EngineLink(ServiceClient(service.url)))
+
+    async def steps(pilot) -> None:
+        await until(pilot, lambda: type(app.screen).__name__ == "PhotosScreen", what="Photos")
+        app.screen.query_one("#photos", Input).value = str(folder)
+        app.screen.query_one("#name", Input).value = "messy"
+        app.screen.query_one("#size", Input).value = "64"
+        await pilot.press("enter")
+        table = app.screen.query_one("#rejected")
+        await until(pilot, lambda: table.row_count == 5, timeout=120, what="the verdicts")
+        # Rejected first: the unreadable file is the highlighted row, its name and reason whole.
+        await until(pilot, lambda: "pillow-heif" in text(app, "#verdict"), what="the row's note")
+        note = text(app, "#verdict")
+        assert "far-too-long-for-the-narrow-verdict-table-beside-the-sheet.jpg: rejected: " in note
+        assert "not a format Pillow or pillow-heif can read" in note
+        await pilot.press("down")
+        await until(pilot, lambda: ": kept" in text(app, "#verdict"), what="the next row's note")
+
+    run(app, steps)

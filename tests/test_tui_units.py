@@ -85,7 +85,15 @@ def test_curves_widget_plots_loss_likeness_memorisation_and_the_recommended_step
     no_faces, recommended = asyncio.run(draw())
     assert "no faces found" in no_faces and "recommended" not in no_faces
     assert "recommended: step 6" in recommended
-    assert all(name in recommended for name in ("loss", "likeness", "memorisation"))  # the legend
+    # The legend is in words beside the plot, not plotext's 'L ⢕⢕ loss / ⅃ •• memorisation'.
+    assert not any(side in recommended for side in ("⅃", "⅂", "Γ"))
+    from rich.text import Text
+
+    from tui.widgets.curves import curves_legend
+
+    legend = Text.from_markup(curves_legend()).plain
+    assert "loss (left axis)" in legend and "right axis 0–1" in legend
+    assert all(name in legend for name in ("likeness", "memorisation", "recommended step"))
 
 
 def test_every_photo_gets_a_verdict_row_rejected_first():
@@ -195,3 +203,38 @@ def test_refusals_read_in_the_forms_words():
     assert (in_form_words("rank: Input should be greater than or equal to 1", labels)
             == "rank: Input should be greater than or equal to 1")  # a field this form has not: as it came
     assert in_form_words("the folder is not allowed: /x", labels) == "the folder is not allowed: /x"
+
+
+def test_a_grids_title_and_labels_are_terminal_text_above_it_and_on_the_full_screen(tmp_path):
+    import asyncio
+
+    from PIL import Image
+    from textual.app import App
+    from textual.widgets import Static
+
+    from engine.grid import labelled_grid, save_png_atomically
+    from tui.widgets.picture import FullPicture, Picture
+
+    cell = Image.new("RGB", (64, 64), (0, 128, 255))
+    save_png_atomically(labelled_grid([[cell, cell]], ["a photo of sks man"], ["seed 0", "seed 1"],
+                                      title="run me · step 30"), tmp_path / "grid.png")
+
+    class Host(App):
+        def compose(self):
+            yield Picture(id="grid")
+
+    async def look() -> tuple[str, str]:
+        async with Host().run_test(size=(120, 40)) as pilot:
+            picture = pilot.app.query_one(Picture)
+            picture.show((tmp_path / "grid.png").read_bytes())
+            await pilot.pause()
+            caption = str(picture.query_one(".picture--caption", Static).render())
+            picture.focus()
+            await pilot.press("f")
+            await pilot.pause()
+            assert isinstance(pilot.app.screen, FullPicture)
+            return caption, str(pilot.app.screen.query_one(Static).render())
+
+    caption, full = asyncio.run(look())
+    assert caption == "run me · step 30\nrows: a photo of sks man; columns: seed 0 | seed 1"
+    assert full.startswith(caption) and "escape closes" in full

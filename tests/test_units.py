@@ -93,9 +93,12 @@ def test_a_generated_grid_is_titled_with_prompt_run_step_and_seed(tmp_path):
 
     (tmp_path / "me").mkdir()
     config = GenerateConfig(lora=tmp_path / "me", prompt="a photo of {token} {class_word} at age {age}", seed=7)
-    assert grid_heading(config, {"age": [5, 80]}) == (
-        '"a photo of {token} {class_word} at age {age}" · run me · final step · seed 7')
-    swept = grid_heading(config.model_copy(update={"step": 20}), {"seed": [1, 2]})
+    fixed = {"token": "sks", "class_word": "man"}
+    # The prompt as drawn, the swept placeholder kept: the columns name its values.
+    assert grid_heading(config, {"age": [5, 80]}, fixed, None) == (
+        '"a photo of sks man at age {age}" · run me · final step · seed 7')
+    assert "· step 20 ·" in grid_heading(config, {"age": [5, 80]}, fixed, 20)  # the recommended step, say
+    swept = grid_heading(config.model_copy(update={"step": 20}), {"seed": [1, 2], "age": [5]}, fixed, 20)
     assert "step 20" in swept and "seed" not in swept.split("·")[-1]
 
 
@@ -158,3 +161,17 @@ def test_images_smaller_than_the_training_size_are_enlarged_with_one_warning_nam
     _, warnings = load_training_images(tmp_path, 448)
     assert len(warnings) == 1 and warnings[0].startswith("2 of 3 training images are smaller than 448 px")
     assert load_training_images(tmp_path, 384)[1] == []
+
+
+def test_a_small_grids_prompt_column_leaves_the_pictures_most_of_the_width_and_its_labels_are_text(tmp_path):
+    from engine.grid import labelled_grid, save_png_atomically
+
+    cell = Image.new("RGB", (64, 64), (255, 0, 0))
+    prompts = ["a photo of sks man, studio portrait, soft window light, 85 mm", "sks man hiking", "sks man"]
+    grid = labelled_grid([[cell, cell] for _ in prompts], prompts, ["seed 0", "seed 1"], title="run me · step 30")
+    left = grid.width - 128
+    assert left <= 0.4 * grid.width  # was 60 %: the prompt column took most of a tiny-model grid
+    save_png_atomically(grid, tmp_path / "grid.png")
+    with Image.open(tmp_path / "grid.png") as saved:
+        assert saved.info["Title"] == "run me · step 30"
+        assert saved.info["Description"] == f"rows: {' | '.join(prompts)}; columns: seed 0 | seed 1"

@@ -35,9 +35,12 @@ def run(args: argparse.Namespace) -> int:
         damage = RunDir(args.run_dir).run_damage() if args.run_dir.is_dir() else None
         raise LikenessError(f"{args.run_dir} is not a likeness run directory "
                             f"({f'damaged: {damage}' if damage else 'no run.json'})")
-    lora = _lora_source(args.run_dir).file_for(args.run_dir, args.step)
+    source = _lora_source(args.run_dir)
+    # The LoRA generate draws with by default: the run's recommended step where its checkpoint is kept.
+    step, chosen = (args.step, None) if args.step is not None else source.default_step()
+    lora = source.file_for(args.run_dir, step)
     # Named after the run, as generate's <lora:NAME:…> tags and "Lora hashes" name it.
-    name = lora_name(args.run_dir, args.step)
+    name = lora_name(args.run_dir, step)
     suffix = "-diffusers" if args.format == "diffusers" else ""
     dest = args.out or args.run_dir / "export" / f"{name}{suffix}.safetensors"
     _check_destination(dest, args.run_dir, args.force)
@@ -46,16 +49,21 @@ def run(args: argparse.Namespace) -> int:
     with removed_on_failure(dest.parent):
         create_folder(dest.parent)
         export_lora(lora, dest, info, args.format)
+    if chosen:
+        print(chosen.replace("using step", "exported step", 1))
+    # The tiny model's layers are narrower than SDXL's: its names map, its shapes cannot.
+    tiny = (record.get("base") or {}).get("kind") == "tiny"
     if args.format == "diffusers":
         print(f"diffusers LoRA: {dest}  (pipe.load_lora_weights(\"{dest}\"))")
     else:
         print(f"kohya LoRA: {dest}  (copy it into ComfyUI/models/loras or A1111/Forge models/Lora)")
+    if tiny:
+        print("note: trained on the built-in tiny model, so it loads only on that model; "
+              "a LoRA of SDXL base 1.0 (--base sdxl) is what ComfyUI, A1111 and Forge load")
     if args.check:
         from engine.models.lora_compatibility import check_lora_compatibility
 
-        # The tiny model's layers are narrower than SDXL's: its names map, its shapes cannot.
-        full_size = (record.get("base") or {}).get("kind") != "tiny"
-        print(check_lora_compatibility(dest, check_shapes=full_size).summary())
+        print(check_lora_compatibility(dest, check_shapes=not tiny).summary())
     return 0
 
 

@@ -357,7 +357,7 @@ def generate(config: GenerateConfig, settings: Settings, on_event: EventSink = i
     finally:
         saving.shutdown(wait=True, cancel_futures=True)
 
-    heading = grid_heading(config, axes)
+    heading = grid_heading(config, axes, fixed, chosen_step)
     grids = _write_grids(out, axes, images, scored=identity is not None, heading=heading)
     for grid in grids:
         on_event(Log(f"grid: {grid}"))
@@ -515,16 +515,22 @@ def _label(name: str, value: Any) -> str:
     return f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
 
 
-def grid_heading(config: GenerateConfig, axes: dict[str, list[Any]]) -> str:
-    """The grid's title line: prompt, run, step and seed (those not swept), so a saved PNG says what it shows."""
+def grid_heading(config: GenerateConfig, axes: dict[str, list[Any]], fixed: dict[str, str],
+                 step: int | None) -> str:
+    """The grid's title line: prompt, run, step and seed (those not swept), so a saved PNG says what it shows.
+
+    The prompt as drawn ("a photo of sks man at age {age}"): the token and class word filled in,
+    a swept placeholder left as it is, since the grid's columns or rows name its values.
+    """
     lora = config.lora
     if lora is None:
         run = "no LoRA (the base model)"
     else:
         run = f"run {lora.name}" if lora.is_dir() else f"LoRA {lora.name}"
-    parts = [f'"{config.prompt}"', run]
+    prompt = fill(config.prompt, {**fixed, **{name: f"{{{name}}}" for name in axes}})
+    parts = [f'"{prompt}"', run]
     if lora is not None and "step" not in axes:
-        parts.append(f"step {config.step}" if config.step is not None else "final step")
+        parts.append(f"step {step}" if step is not None else "final step")
     if "seed" not in axes:
         parts.append(f"seed {config.seed}")
     return " · ".join(parts)

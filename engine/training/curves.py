@@ -15,8 +15,9 @@ from engine.training.recommend import THRESHOLDS, Recommendation, sample_rows
 CURVES_FILE = "curves.png"
 
 
-def draw_curves(rows: list[dict[str, Any]], recommendation: Recommendation, path: Path) -> Path:
-    """Draw the run's curves from its metrics rows into ``path`` (written atomically)."""
+def draw_curves(rows: list[dict[str, Any]], recommendation: Recommendation, path: Path, run: str) -> Path:
+    """Draw the curves of ``run`` (its name, base and size, as the title says them) from its metrics
+    rows into ``path`` (written atomically)."""
     import os
 
     import matplotlib
@@ -59,11 +60,12 @@ def draw_curves(rows: list[dict[str, Any]], recommendation: Recommendation, path
                          xycoords=("data", "axes fraction"), va="top", fontsize=8, color="tab:green")
     title = (f"recommended: step {recommendation.step}" if recommendation.step is not None
              else "no recommended step")
-    figure.suptitle(f"{title}\n{_wrap(recommendation.reason)}", fontsize=10)
+    # Named, because a curves.png copied out of its folder or set beside another's names nothing else.
+    figure.suptitle(f"{run} · {title}\n{_wrap(recommendation.reason)}", fontsize=10)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    figure.savefig(partial, format="png")
+    figure.savefig(partial, format="png", metadata={"Title": f"{run} · {title}"})
     os.replace(partial, path)
     return path
 

@@ -596,7 +596,8 @@ class SDXLLoRATrainer:
         record.update(recommendation=recommendation.to_json(), recommended_step=recommendation.step,
                       best_likeness=best_likeness(rows))
         if final or time.monotonic() - self.curves_drawn_at >= CURVES_REDRAW_S:
-            draw_curves(rows, recommendation, self.run_dir.root / CURVES_FILE)
+            run = f"{self.run_dir.root.name} ({self.base.spec}, rank {self.config.rank}, {self.config.steps} steps)"
+            draw_curves(rows, recommendation, self.run_dir.root / CURVES_FILE, run)
             self.curves_drawn_at = time.monotonic()
         sign = None if final else overfitting(rows)
         if sign is not None:

@@ -17,7 +17,7 @@ From a photo folder to pictures of one person, in five screens:
 |---|---|---|
 | `1` | **Photos** | type or paste a folder or .zip and press enter (or `b` to browse); see every photo's verdict; `u` takes the size hint when photos are too small |
 | `2` | **Train** | pick the dataset and a preset (*Quick*: 500 steps, rank 16; *Large*: 1,500 steps, rank 32) or your own numbers; the line below says where it runs, how long, what it costs; `s` starts |
-| `3` | **Live run** | the job you follow (`j` picks another), its phase, progress and ETA, the newest sample grid (`[` / `]` for earlier ones, `f` full-screen), loss and log; Cancel / Resume; Continue on Modal (`m`) after an out-of-memory |
+| `3` | **Live run** | the job you follow (`j` picks another), its phase, progress and ETA, the newest sample grid (`[` / `]` for earlier ones, `f` full-screen), loss and log; Cancel (`c`, asks first) / Resume (`r`); Continue on Modal (`m`) after an out-of-memory |
 | `4` | **Generate** | sweep age, LoRA strength, temperature…; the grid appears when done (`f` full-screen, `c` copies its path) |
 | `5` | **Runs** | compare runs: dataset, resolution, status, images, steps, GPU, rank, time, cost, memory, loss; `space` marks two to see side by side |
 

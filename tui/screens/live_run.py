@@ -13,7 +13,8 @@ from textual.widgets import Button, Label, Log, ProgressBar, Select, Static
 from engine.service.client import ended_words
 from tui.messages import JobEvent
 from tui.screens.base import EngineScreen
-from tui.widgets.curves import LikenessCurves
+from tui.screens.confirm import Confirm
+from tui.widgets.curves import LikenessCurves, curves_legend
 from tui.widgets.picture import Picture
 
 FINAL = ("done", "failed", "cancelled", "interrupted")
@@ -67,6 +68,7 @@ class LiveRunScreen(EngineScreen):
                 warning = Static("", id="warning")
                 warning.display = False  # only once the run looks overfit
                 yield warning
+                yield Static(curves_legend(), id="curves-legend", classes="status")
                 yield LikenessCurves(id="curves")
                 yield Log(id="log", max_lines=500)
             yield Picture("the newest sample grid appears here", id="grid")
@@ -280,9 +282,18 @@ class LiveRunScreen(EngineScreen):
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
-        if self.job_id is not None:
-            job_id = self.job_id
-            self.call_engine(lambda: self.link.cancel(job_id), lambda _: self.notify("cancelling at the next step…"))
+        if self.job_id is None or self.query_one("#cancel", Button).disabled:
+            return
+        job_id = self.job_id
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.call_engine(lambda: self.link.cancel(job_id),
+                                 lambda _: self.notify("cancelling at the next step…"))
+
+        self.app.push_screen(Confirm(f"Cancel job {job_id}? It stops at the next step and keeps a checkpoint "
+                                     "there, so r resumes it from that step.", "cancel the job", "keep it running"),
+                             answered)
 
     @on(Button.Pressed, "#resume")
     def action_resume(self) -> None:

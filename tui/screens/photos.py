@@ -71,7 +71,10 @@ class PhotosScreen(EngineScreen):
             yield Static("type or paste a path and press enter to prepare it (b browses; escape leaves a field, "
                          "so 1-5 switch screens)", id="summary", classes="status")
         with Horizontal():
-            yield DataTable(id="rejected", cursor_type="row")
+            with Vertical(id="verdicts"):
+                yield DataTable(id="rejected", cursor_type="row")
+                # The table is narrow beside the sheet: the highlighted row in full, wrapped.
+                yield Static("", id="verdict", classes="status")
             yield Picture("the contact sheet appears here: kept photos first, then rejected ones with reasons",
                           id="sheet")
         yield from self.compose_footer()
@@ -129,6 +132,7 @@ class PhotosScreen(EngineScreen):
         self._offer_hint(None)
         self.query_one("#progress", ProgressBar).update(total=100, progress=0)
         self.query_one("#rejected", DataTable).clear()
+        self.query_one("#verdict", Static).update("")
         self.query_one("#summary", Static).update(f"sending {photos} to the engine as dataset '{name}'…")
         self.call_engine(lambda: self.link.prepare(name, photos, options), self._started,
                          lambda error: self.query_one("#summary", Static).update(
@@ -159,11 +163,22 @@ class PhotosScreen(EngineScreen):
             self.query_one("#size", Input).value = str(self.hint_size)
             self.action_prepare()
 
+    @on(DataTable.RowHighlighted, "#rejected")
+    def verdict_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._note(event.data_table.get_row(event.row_key))
+
+    def _note(self, row) -> None:
+        photo, verdict, why = row
+        self.query_one("#verdict", Static).update(f"{photo}: {verdict}" + (f": {why}" if why else ""))
+
     def _show_verdicts(self, entries: list[dict]) -> None:
         table = self.query_one("#rejected", DataTable)
         table.clear()
-        for row in verdict_rows(entries):
+        rows = verdict_rows(entries)
+        for row in rows:
             table.add_row(*row)
+        if rows:
+            self._note(rows[0])  # the cursor's row, rejected first
 
     @on(JobEvent)
     def job_event(self, event: JobEvent) -> None:

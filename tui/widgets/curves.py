@@ -13,6 +13,14 @@ from textual_plotext import PlotextPlot
 LOSS_COLOUR, LIKENESS_COLOUR, MEMORISATION_COLOUR, RECOMMENDED_COLOUR = "white", "blue+", "red+", "green+"
 
 
+def curves_legend() -> str:
+    """The curves' key in words and their colours (Rich markup): plotext's own legend marks each
+    curve's axis with 'L' or '⅃', which no one reads as left and right."""
+    return (f"[{LOSS_COLOUR}]⣿ loss[/] (left axis) · [{LIKENESS_COLOUR.rstrip('+')}]• likeness[/] "
+            f"(face distance, lower is more alike) · [{MEMORISATION_COLOUR.rstrip('+')}]• memorisation[/] "
+            f"(1 copies a photo), right axis 0–1 · [{RECOMMENDED_COLOUR.rstrip('+')}]│ recommended step[/]")
+
+
 class LikenessCurves(PlotextPlot):
     """Loss, likeness and memorisation of one training job, redrawn on every new point."""
 
@@ -54,12 +62,12 @@ class LikenessCurves(PlotextPlot):
         plt.ylim(0, max([1.0, *(v for pair in self.samples.values() for v in pair if v is not None)]), yside="right")
         if self.losses:
             steps = sorted(self.losses)
-            plt.plot(steps, [self.losses[s] for s in steps], color=LOSS_COLOUR, label="loss", yside="left",
+            plt.plot(steps, [self.losses[s] for s in steps], color=LOSS_COLOUR, yside="left",
                      marker="braille")
-        for index, (name, colour) in enumerate((("likeness", LIKENESS_COLOUR), ("memorisation", MEMORISATION_COLOUR))):
+        for index, colour in enumerate((LIKENESS_COLOUR, MEMORISATION_COLOUR)):
             points = sorted((s, pair[index]) for s, pair in self.samples.items() if pair[index] is not None)
             if points:
-                plt.plot([s for s, _ in points], [v for _, v in points], color=colour, label=name, yside="right",
+                plt.plot([s for s, _ in points], [v for _, v in points], color=colour, yside="right",
                          marker="dot")
         if self.recommended is not None:
             plt.vline(self.recommended, color=RECOMMENDED_COLOUR)

@@ -47,6 +47,7 @@ class Picture(Container, can_focus=True):
     Picture { align: center middle; }
     Picture > .picture--empty { color: $text-muted; content-align: center middle; height: 1fr; }
     Picture > .picture--image { width: auto; height: auto; }
+    Picture > .picture--caption { width: 100%; height: auto; color: $text-muted; }
     """
     BINDINGS = [Binding("enter,f", "full_screen", "Full screen")]
 
@@ -54,6 +55,7 @@ class Picture(Container, can_focus=True):
         super().__init__(**kwargs)
         self.empty_text = empty_text
         self.image: PILImage.Image | None = None
+        self.caption: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(self.empty_text, classes="picture--empty")
@@ -61,17 +63,23 @@ class Picture(Container, can_focus=True):
     def show(self, image: PILImage.Image | bytes | None, caption: str | None = None) -> None:
         self.remove_children()
         if image is None:
-            self.image = None
+            self.image, self.caption = None, None
             self.mount(Static(caption or self.empty_text, classes="picture--empty"))
             return
         if isinstance(image, bytes):
             image = PILImage.open(io.BytesIO(image))
+        # A grid's title and row and column labels, as its PNG text has them: small print drawn in
+        # half-blocks is unreadable, terminal text is not.
+        words = [image.info.get(key) for key in ("Title", "Description")]
+        self.caption = "\n".join(str(w) for w in words if w) or None
         self.image = image.convert("RGB")
+        if self.caption:
+            self.mount(Static(self.caption, classes="picture--caption", markup=False))
         self.mount(image_widget_class()(self.image, classes="picture--image"))
 
     def action_full_screen(self) -> None:
         if self.image is not None:
-            self.app.push_screen(FullPicture(self.image))
+            self.app.push_screen(FullPicture(self.image, self.caption))
         else:
             self.notify("no picture yet", severity="warning")
 
@@ -82,15 +90,16 @@ class FullPicture(ModalScreen[None]):
     DEFAULT_CSS = """
     FullPicture { background: $background; }
     FullPicture { align: center middle; }
-    FullPicture > Static { height: 1; color: $text-muted; }
+    FullPicture > Static { height: auto; color: $text-muted; }
     FullPicture > .picture--image { width: auto; height: 1fr; }
     """
     BINDINGS = [Binding("escape,enter,f,q", "dismiss", "Close")]
 
-    def __init__(self, image: PILImage.Image) -> None:
+    def __init__(self, image: PILImage.Image, caption: str | None = None) -> None:
         super().__init__()
-        self.image = image
+        self.image, self.caption = image, caption
 
     def compose(self) -> ComposeResult:
-        yield Static(f"{self.image.width}×{self.image.height} px · escape closes")
+        size = f"{self.image.width}×{self.image.height} px · escape closes"
+        yield Static(f"{self.caption}\n{size}" if self.caption else size, markup=False)
         yield image_widget_class()(self.image, classes="picture--image")
