@@ -35,6 +35,15 @@ def test_a_cpu_estimate_grows_with_steps_grids_and_size_and_shrinks_with_cpu_sam
     assert cpu_seconds(config(steps=500, resolution=1024, sample_every=100), "sdxl") > 3600 * 8
 
 
+def test_a_cpu_estimate_is_within_a_quarter_of_idle_runs_of_the_tiny_model():
+    # Two runs on this machine's 2 cores, idle, with the CPU's sample grids drawn 2 at a time (run.json):
+    # 500 steps at 384 px took 116 s, 30 steps at 1024 px 139 s (the first estimates said 5 and 2 min).
+    small = config(steps=500, resolution=384, sample_every=100, **CPU_SAMPLING)
+    large = config(steps=30, resolution=1024, sample_every=100, **CPU_SAMPLING)
+    assert 0.75 < cpu_seconds(small, "tiny", sample_batch=2) / 116 < 1.25
+    assert 0.75 < cpu_seconds(large, "tiny", sample_batch=2) / 139 < 1.25
+
+
 def test_a_cpu_estimate_draws_a_grid_in_batches_as_the_bench_measured():
     # bench/sample_bench.py: a 3 x 2 tiny grid at 128 px, 25 steps, took 0.47x the one-at-a-time time
     # drawn whole; the estimate's grids must shrink by about that, steps and loading unchanged.

@@ -236,6 +236,24 @@ def test_refusals_name_the_forms_field_in_plain_words_and_an_empty_step_is_not_r
         await pilot.pause()
         assert step.value == "" and not step.has_class("-invalid")  # empty: the recommended step, the default
 
+        # Train's refusal at start: once, in the form's words, not "service: config.out: runs/NAME: …".
+        await pilot.press("escape")
+        await pilot.pause(0.3)
+        await pilot.press("2")
+        await until(pilot, lambda: type(app.screen).__name__ == "TrainScreen", what="Train")
+        train = app.screen
+        await until(pilot, lambda: len(train.query_one("#dataset", Select)._options) > 1, what="datasets")
+        train.query_one("#dataset", Select).value = "astronaut"
+        train.query_one("#base", Input).value = "tiny"
+        train.query_one("#name", Input).value = "-b"
+        await until(pilot, lambda: "on the CPU" in text(app, "#placement"), what="the plan")
+        train.action_start()
+        said = lambda: [n.message for n in app._notifications if "not started" in n.message or "config" in n.message]  # noqa: E731
+        await until(pilot, lambda: bool(said()), what="the refusal")
+        await pilot.pause(0.5)
+        assert said() == ["not started: Run name '-b' is not a valid name (1 to 100 letters, digits, '.', '_' or '-', "
+                          "starting with a letter or digit, without '..')"]
+
     run(app, steps)
 
 

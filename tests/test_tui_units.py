@@ -238,3 +238,27 @@ def test_a_grids_title_and_labels_are_terminal_text_above_it_and_on_the_full_scr
     caption, full = asyncio.run(look())
     assert caption == "run me · step 30\nrows: a photo of sks man; columns: seed 0 | seed 1"
     assert full.startswith(caption) and "escape closes" in full
+
+
+def test_a_wide_picture_full_screen_keeps_its_shape():
+    import asyncio
+
+    from PIL import Image
+    from textual.app import App
+
+    from tui.widgets.picture import FullPicture
+
+    sheet = Image.new("RGB", (1666, 462), (200, 30, 30))  # a contact sheet's shape
+
+    class Host(App):
+        def on_mount(self):
+            self.push_screen(FullPicture(sheet))
+
+    async def look():
+        async with Host().run_test(size=(160, 50)) as pilot:
+            await pilot.pause()
+            return pilot.app.screen.query_one(".picture--image").region
+
+    region = asyncio.run(look())
+    # A half-block cell is one pixel across and two down: the shape on screen is width / (2 × height).
+    assert abs(region.width / (2 * region.height) - 1666 / 462) < 0.25, region  # was 1.63: 2.2x too tall

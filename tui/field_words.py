@@ -33,4 +33,7 @@ def in_form_words(text: str, labels: dict[str, str]) -> str:
     name = field.rsplit(".", 1)[-1]
     if not sep or " " in field or name not in labels:
         return plain(text)
+    where, sep, rest = message.partition(": ")
+    if sep and " " not in where:  # "runs/NAME: '-b' is not a valid name": the field's label says which
+        message = rest
     return f"{labels[name]} {plain(message)}"

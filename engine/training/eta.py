@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from engine.training.config import DEFAULT_VALIDATION_PROMPTS, TrainConfig
 
-# Measured here (2 shared CPU cores, tiny model, one torch thread): a step takes 0.3-0.5 s at 64 px
-# and 0.12 s at 128 px unloaded (bench/results), a sample image about 0.07 s per denoising step at
-# 64 px with its face scoring; mostly overhead at these sizes, so a floor plus a part that scales with
-# the pixels. SDXL on a CPU is rough (community reports: about a minute a step at 1024 px).
+# Measured here idle (2 CPU cores, tiny model, one image a step): 0.17 s a step at 384 px and 2.6 s at
+# 1024 px; a grid of 2 images x 8 denoising steps drawn 2 at a time, 1.6-2.4 s at 384 px and 24.6 s at
+# 1024 px (face scoring included). Time grows faster than the pixels (attention's cost is quadratic in
+# them): a floor plus a part that scales as pixels ** exponent fits both sizes within 10 %. The first
+# figures, measured under load, were several times off for small runs. SDXL on a CPU is rough
+# (community reports: about a minute a step at 1024 px) and its scaling unmeasured, so linear.
 # Per family: (s/step floor, s/step at 1024 px, s per sample denoising step floor, same at 1024 px,
-# fixed seconds for loading and caching).
-_CPU_SECONDS = {"tiny": (0.3, 2.0, 0.06, 0.5, 10.0), "sdxl": (0.0, 60.0, 0.0, 8.0, 120.0)}
+# fixed seconds for loading and caching, exponent of the pixels).
+_CPU_SECONDS = {"tiny": (0.1, 2.5, 0.06, 1.5, 10.0, 1.7), "sdxl": (0.0, 60.0, 0.0, 8.0, 120.0, 1.0)}
 # Of a sample denoising step's floor, the part a batch pays once per pass rather than per image:
 # bench/sample_bench.py drew a 6-image tiny grid at 128 px in 0.47x the one-at-a-time time, which a
 # per-pass cost of about two thirds of the floor reproduces.
@@ -55,8 +57,8 @@ def eta_seconds(seconds_per_step: float, steps_left: int, seconds_per_grid: floa
 def cpu_seconds(config: TrainConfig, family: str, sample_batch: int = 1) -> float:
     """A rough wall time for ``config`` on this machine's CPU, sample grids included, drawn
     ``sample_batch`` images a denoising pass (the memory plan's)."""
-    step_floor, step_1024, sample_floor, sample_1024, fixed = _CPU_SECONDS.get(family, _CPU_SECONDS["sdxl"])
-    pixels = (config.resolution / 1024) ** 2
+    step_floor, step_1024, sample_floor, sample_1024, fixed, exponent = _CPU_SECONDS.get(family, _CPU_SECONDS["sdxl"])
+    pixels = ((config.resolution / 1024) ** 2) ** exponent
     images = config.batch_size + (1 if config.prior_preservation else 0)
     per_step = (step_floor + step_1024 * pixels) * images
     per_pass = sample_floor * _PER_PASS_SHARE

@@ -59,9 +59,11 @@ class EngineScreen(Screen):
         except Abandoned:
             return
         except Exception as error:
-            if failed is not None:
-                self.app.call_from_thread(failed, one_line(error))
-            raise
+            if failed is None:
+                raise  # the app's toast says it
+            # Said once, where the screen says it: not again, rawer, in a toast.
+            self.app.call_from_thread(failed, one_line(error))
+            return
         self.app.call_from_thread(then, result)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="job-events")

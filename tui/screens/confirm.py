@@ -16,6 +16,7 @@ class Confirm(ModalScreen[bool]):
     Confirm > Vertical { width: 72; height: auto; border: thick $error; background: $surface; padding: 1 2; }
     Confirm Horizontal { height: auto; margin-top: 1; }
     Confirm Button { margin-right: 2; }
+    Confirm #question { width: 100%; }
     """
     BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
 

@@ -9,7 +9,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from engine.errors import LikenessError
-from tui.field_words import plain
+from tui.field_words import in_form_words, plain
 from tui.screens.base import EngineScreen, one_line
 
 # The seed's two rounds: about 40 good photos trained well in 500 steps at rank 16; a 1,500-photo
@@ -282,4 +282,5 @@ class TrainScreen(EngineScreen):
                 raise LikenessError(problem)
             return self.link.train(dataset, name, config)
 
-        self.call_engine(start, self.app.watch_job)
+        self.call_engine(start, self.app.watch_job, lambda text: self.notify(
+            f"not started: {in_form_words(text, {**LABELS, 'out': 'Run name'})}", severity="error", timeout=8))

@@ -91,7 +91,8 @@ class FullPicture(ModalScreen[None]):
     FullPicture { background: $background; }
     FullPicture { align: center middle; }
     FullPicture > Static { height: auto; color: $text-muted; }
-    FullPicture > .picture--image { width: auto; height: 1fr; }
+    FullPicture > Container { height: 1fr; align: center middle; }
+    FullPicture .picture--image { width: auto; height: auto; }
     """
     BINDINGS = [Binding("escape,enter,f,q", "dismiss", "Close")]
 
@@ -102,4 +103,7 @@ class FullPicture(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         size = f"{self.image.width}×{self.image.height} px · escape closes"
         yield Static(f"{self.caption}\n{size}" if self.caption else size, markup=False)
-        yield image_widget_class()(self.image, classes="picture--image")
+        # Sized by its own aspect within the space left: a height of 1fr stretched a wide contact
+        # sheet 2.2x down the screen.
+        with Container():
+            yield image_widget_class()(self.image, classes="picture--image")
