@@ -11,7 +11,7 @@ from textual.widgets import Input, Select
 
 from engine.service.client import ServiceClient
 from tests.service_helpers import Service, make_home
-from tests.test_tui import text, until
+from tests.test_tui import fill_train_form, text, until
 from tui.app import LikenessApp
 from tui.engine_link import EngineLink
 from tui.widgets.screen_tabs import SCREEN_TITLES
@@ -239,13 +239,7 @@ def test_refusals_name_the_forms_field_in_plain_words_and_an_empty_step_is_not_r
         # Train's refusal at start: once, in the form's words, not "service: config.out: runs/NAME: …".
         await pilot.press("escape")
         await pilot.pause(0.3)
-        await pilot.press("2")
-        await until(pilot, lambda: type(app.screen).__name__ == "TrainScreen", what="Train")
-        train = app.screen
-        await until(pilot, lambda: len(train.query_one("#dataset", Select)._options) > 1, what="datasets")
-        train.query_one("#dataset", Select).value = "astronaut"
-        train.query_one("#base", Input).value = "tiny"
-        train.query_one("#name", Input).value = "-b"
+        train = await fill_train_form(pilot, app, "astronaut", {"base": "tiny", "name": "-b"})
         await until(pilot, lambda: "on the CPU" in text(app, "#placement"), what="the plan")
         train.action_start()
         said = lambda: [n.message for n in app._notifications if "not started" in n.message or "config" in n.message]  # noqa: E731
