@@ -58,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"kohya LoRA: {dest}  (copy it into ComfyUI/models/loras or A1111/Forge models/Lora)")
     if tiny:
+        from engine.training.config import DEFAULT_BASE
+
         print("note: trained on the built-in tiny model, so it loads only on that model; "
-              "a LoRA of SDXL base 1.0 (--base sdxl) is what ComfyUI, A1111 and Forge load")
+              f"a LoRA trained on SDXL base 1.0 (the default --base, {DEFAULT_BASE}) is what ComfyUI, A1111 "
+              "and Forge load")
     if args.check:
         from engine.models.lora_compatibility import check_lora_compatibility
 
